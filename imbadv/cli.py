@@ -1,0 +1,164 @@
+"""`imbadv`: the command line. Options are generated from the job configs, so they never drift.
+
+Every option defaults to None, meaning "the preset's value, else the config's default"; the
+help text shows both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Optional
+
+import typer
+
+from imbadv.config import PRESETS, ConfigError, EvaluateConfig, TrainConfig
+from imbadv.data import DataError
+
+app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="Registered imbadv models.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from imbadv.registry import RegistryError
+    from imbadv.train_job import OnnxMismatch
+    from imbadv.trainer import TrainingDiverged
+
+    return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged
+
+
+def _option_type(hint: Any) -> type:
+    """The plain type typer parses for a config field (Literals are parsed as str, checked by the config)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return str
+    return hint
+
+
+def _help_text(cls: type, field: dataclasses.Field) -> str:
+    text = field.metadata.get("help", "")
+    if field.default is not dataclasses.MISSING and field.name != "cache_dir":
+        text += f" (default: {field.default}"
+        if cls is TrainConfig:
+            by_preset = [f"{name}: {values[field.name]}" for name, values in PRESETS.items() if field.name in values]
+            if by_preset:
+                text += "; preset " + ", ".join(by_preset)
+        text += ")"
+    return text
+
+
+def config_command(cls: type, job: Callable[..., Any]) -> Callable[..., None]:
+    """A typer command whose options are `cls`'s fields (kebab-case), calling `job(**options)`."""
+    hints = typing.get_type_hints(cls)
+    parameters = []
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _option_type(hints[field.name])
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        option = typer.Option(None, *decls, help=_help_text(cls, field), show_default=False)
+        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                            annotation=Optional[kind]))
+
+    def command(**options: Any) -> None:
+        try:
+            job(**options)
+        except _known_errors() as error:
+            typer.echo(f"imbadv: error: {error}", err=True)
+            raise typer.Exit(code=1) from None
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__doc__ = cls.__doc__
+    return command
+
+
+def _train(**options: Any) -> None:
+    from imbadv.train_job import run_train
+
+    run_train(**options)
+
+
+def _evaluate(**options: Any) -> None:
+    from imbadv.evaluate_job import run_evaluate
+
+    run_evaluate(**options)
+
+
+app.command("train", help="Train one model of the study, export it to ONNX and register it.")(
+    config_command(TrainConfig, _train))
+app.command("evaluate", help="Attack a registered model with FGSM / iterative FGSM and score it per class.")(
+    config_command(EvaluateConfig, _evaluate))
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context,
+                as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List registered models with their versions, aliases and key metrics."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from imbadv.registry import list_registered
+
+    models = list_registered()
+    if as_json:
+        typer.echo(json.dumps(models, indent=2))
+        return
+    if not models:
+        typer.echo("no imbadv models are registered yet: train one with `imbadv train --preset smoke --data ...`")
+        return
+    typer.echo(f"{'model':34} {'version':>7}  {'aliases':18} {'test_acc':>8} {'onnx_agree':>10}")
+    for model in models:
+        for version in model["versions"]:
+            typer.echo(f"{model['name']:34} {version['version']:>7}  {','.join(version['aliases']) or '-':18} "
+                       f"{_fmt(version['test_acc']):>8} {_fmt(version['onnx_agreement']):>10}")
+
+
+@models_app.command("show")
+def models_show(name: str = typer.Argument(..., help="Registered model name, e.g. imbadv-cifar10-balanced."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")) -> None:
+    """Show one registered model: every version with its aliases, tags and metrics."""
+    from imbadv.registry import RegistryError, describe
+
+    try:
+        model = describe(name)
+    except RegistryError as error:
+        typer.echo(f"imbadv: error: {error}", err=True)
+        raise typer.Exit(code=1) from None
+    if as_json:
+        typer.echo(json.dumps(model, indent=2))
+        return
+    typer.echo(model["name"])
+    for version in model["versions"]:
+        typer.echo(f"  version {version['version']}  aliases: {', '.join(version['aliases']) or '-'}  "
+                   f"test_acc: {_fmt(version['test_acc'])}  onnx_agreement: {_fmt(version['onnx_agreement'])}  "
+                   f"run: {version['run_id']}")
+        for key, value in sorted(version["tags"].items()):
+            typer.echo(f"    {key}: {value}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI on `argv` (default: sys.argv), dropping options given as empty strings.
+
+    `mlflow run` passes every MLproject parameter, and an empty one means "the config's default".
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i].startswith("--") and "=" not in args[i] and i + 1 < len(args) and args[i + 1] == "":
+            i += 2
+            continue
+        kept.append(args[i])
+        i += 1
+    app(args=kept, prog_name="imbadv")

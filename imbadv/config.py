@@ -1,0 +1,221 @@
+"""Typed configs for the two jobs (train, evaluate) and the named presets.
+
+Every default is the paper's where the paper states one (Possas and Zhou, section 3); the others
+are marked "not in the paper". CLI options, MLproject parameters and presets are views of these
+dataclasses: the defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Sampling = Literal["balanced", "under", "over"]
+Precision = Literal["fp32", "bf16"]
+AttackName = Literal["fgsm", "ifgsm"]
+Direction = Literal["ascent", "descent"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the problem and the fix."""
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+def default_cache_dir() -> str:
+    """Cache folder for downloads, unpacked archives and decoded arrays (IMBADV_CACHE overrides)."""
+    return os.environ.get("IMBADV_CACHE", str(Path.home() / ".cache" / "imbadv"))
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """Which model of the study: dataset, sampling, class, preset and seed (section 3.1)."""
+
+    data: str = field(default="cifar10", metadata=_help(
+        "Data source: 'cifar10' (torchvision download), an image-folder directory with "
+        "train/<class>/ and test/<class>/, or a .tar.gz of one."))
+    sampling: Sampling = field(default="balanced", metadata=_help(
+        "Training set: 'balanced', 'under' (class c cut to minority-count) or 'over' (class c "
+        "kept, every other class cut to minority-count)."))
+    class_id: int | None = field(default=None, metadata=_help(
+        "The under- or over-sampled class (0-based label); required unless sampling=balanced."))
+    preset: str = field(default="paper", metadata=_help(
+        "Named set of config values: 'paper' (GPU), 'cpu' (a 2-core machine) or 'smoke' "
+        "(seconds, for tests)."))
+    seed: int = field(default=0, metadata=_help("Seed for sampling, initialisation and shuffling."))
+    cache_dir: str = field(default_factory=default_cache_dir, metadata=_help(
+        "Cache for downloads and decoded arrays (default: $IMBADV_CACHE, else ~/.cache/imbadv)."))
+    device: str = field(default="auto", metadata=_help("'auto' (CUDA when present), 'cpu' or 'cuda'."))
+
+    def __post_init__(self) -> None:
+        if self.sampling not in get_args(Sampling):
+            raise ConfigError(f"unknown sampling {self.sampling!r}: use one of balanced, under, over")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}: use one of {', '.join(PRESETS)}")
+        if self.sampling == "balanced" and self.class_id is not None:
+            raise ConfigError("sampling=balanced takes no class id: drop --class-id or use under/over")
+        if self.sampling != "balanced" and self.class_id is None:
+            raise ConfigError(f"sampling={self.sampling} needs a class: pass --class-id (0-9 for CIFAR-10)")
+        if self.class_id is not None and self.class_id < 0:
+            raise ConfigError(f"class id {self.class_id} is negative: pass a label from 0 to classes-1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig(ModelSelection):
+    """One training job: imbalanced sampling, the adapted VGG and Keras-style RMSprop (section 3.1)."""
+
+    majority_count: int = field(default=5000, metadata=_help(
+        "Training images kept per majority class (section 3.1: 5,000, all of CIFAR-10's)."))
+    minority_count: int = field(default=1000, metadata=_help(
+        "Training images kept per minority class (section 3.1: 1,000)."))
+    val_fraction: float = field(default=0.1, metadata=_help(
+        "Share of each class's sampled images held out for early stopping (not in the paper)."))
+    width: int = field(default=64, metadata=_help(
+        "Filters of the first block; blocks use width, 2*width, 4*width (VGG: 64)."))
+    dense_units: int = field(default=512, metadata=_help("Units of the dense layer (section 3.1: 512)."))
+    dropout: float = field(default=0.0, metadata=_help("Dropout before the dense layers (not in the paper)."))
+    batch_norm: bool = field(default=False, metadata=_help("Batch-norm after each conv (not in the paper)."))
+    augment: bool = field(default=False, metadata=_help(
+        "Random crop (pad 4) and horizontal flip on the device (not in the paper)."))
+    batch_size: int = field(default=32, metadata=_help("Training batch (not in the paper; Keras' default 32)."))
+    lr: float = field(default=1e-4, metadata=_help("RMSprop learning rate (section 3.1: 1e-4)."))
+    rho: float = field(default=0.9, metadata=_help("RMSprop decay of the squared-gradient average (Keras: 0.9)."))
+    optimizer_eps: float = field(default=1e-7, metadata=_help("RMSprop epsilon (Keras: 1e-7)."))
+    decay: float = field(default=1e-5, metadata=_help(
+        "Per-update learning-rate decay, lr / (1 + decay * t) (section 3.1: 1e-5, Keras 2 semantics)."))
+    epochs: int = field(default=100, metadata=_help(
+        "Cap on epochs; training stops earlier when validation loss stops improving."))
+    patience: int = field(default=5, metadata=_help(
+        "Epochs without a better validation loss before stopping (paper: 'until convergence')."))
+    precision: Precision = field(default="fp32", metadata=_help(
+        "'fp32', or 'bf16' autocast (faster on AMX CPUs and GPUs; changes numerics)."))
+    eval_batch_size: int = field(default=1000, metadata=_help("Batch for validation and test inference."))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, "majority_count", "minority_count", "width", "dense_units", "batch_size",
+                  "epochs", "patience", "eval_batch_size")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val fraction {self.val_fraction} is outside (0, 1): pass e.g. --val-fraction 0.1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout {self.dropout} is outside [0, 1): pass e.g. --dropout 0.5")
+        if self.lr <= 0 or self.decay < 0:
+            raise ConfigError("lr must be > 0 and decay >= 0: pass e.g. --lr 1e-4 --decay 1e-5")
+        if self.precision not in get_args(Precision):
+            raise ConfigError(f"unknown precision {self.precision!r}: use fp32 or bf16")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """A gradient-sign attack (section 3.2): FGSM or its iterative form, ascent or descent."""
+
+    attack: AttackName = field(default="fgsm", metadata=_help(
+        "'fgsm' (one step) or 'ifgsm' (iterative, projected onto the eps-ball)."))
+    direction: Direction = field(default="ascent", metadata=_help(
+        "'ascent' raises the loss of the label (the paper's choice), 'descent' lowers it "
+        "(with --target-label: a targeted attack)."))
+    eps: float = field(default=0.01, metadata=_help(
+        "L-inf budget in [0, 1] pixel units (section 3.2: 0.01)."))
+    steps: int = field(default=10, metadata=_help("Iterations of ifgsm (ignored by fgsm)."))
+    step_size: float | None = field(default=None, metadata=_help(
+        "Step of each ifgsm iteration (default: eps / steps)."))
+    target_label: int | None = field(default=None, metadata=_help(
+        "Label whose loss the attack follows instead of the true label (descent: targeted)."))
+
+    def __post_init__(self) -> None:
+        if self.attack not in get_args(AttackName):
+            raise ConfigError(f"unknown attack {self.attack!r}: use fgsm or ifgsm")
+        if self.direction not in get_args(Direction):
+            raise ConfigError(f"unknown direction {self.direction!r}: use ascent or descent")
+        if not 0.0 <= self.eps <= 1.0:
+            raise ConfigError(f"eps {self.eps} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
+        if self.steps < 1:
+            raise ConfigError(f"steps {self.steps} is below 1: pass --steps 1 or more")
+        if self.step_size is not None and self.step_size <= 0:
+            raise ConfigError(f"step size {self.step_size} is not positive: pass e.g. --step-size 0.002")
+        if self.target_label is not None and self.target_label < 0:
+            raise ConfigError(f"target label {self.target_label} is negative: pass a label from 0 to classes-1")
+
+    @property
+    def iteration_step(self) -> float:
+        """Step of one ifgsm iteration in pixel units."""
+        return self.step_size if self.step_size is not None else self.eps / self.steps
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ModelSelection, AttackConfig):
+    """One evaluation job: attack a registered target model with a source model's gradient (section 3.2)."""
+
+    source: str = field(default="self", metadata=_help(
+        "Whose gradient crafts the attack: 'self' (white-box), 'balanced' (the balanced model of the "
+        "same data, preset and seed: black-box) or a models:/ URI."))
+    batch_size: int = field(default=500, metadata=_help("Images per attack batch (independent of training)."))
+    precision: Precision = field(default="fp32", metadata=_help(
+        "'fp32', or 'bf16' autocast for the attack's forward and backward passes."))
+    max_onnx_disagreement: float = field(default=0.001, metadata=_help(
+        "Largest share of test images on which PyTorch and onnxruntime may disagree."))
+    grid_images: int = field(default=8, metadata=_help("Images in the clean-vs-adversarial grid artifact."))
+
+    def __post_init__(self) -> None:
+        ModelSelection.__post_init__(self)
+        AttackConfig.__post_init__(self)
+        _positive(self, "batch_size")
+        if self.precision not in get_args(Precision):
+            raise ConfigError(f"unknown precision {self.precision!r}: use fp32 or bf16")
+
+    def attack_config(self) -> AttackConfig:
+        """The attack part alone, as the pure attack functions take it."""
+        names = {f.name for f in dataclasses.fields(AttackConfig)}
+        return AttackConfig(**{n: getattr(self, n) for n in names})
+
+
+def _positive(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ConfigError(f"{name.replace('_', '-')} is {value}: it must be 1 or more")
+
+
+# Presets: named sets of TrainConfig values, applied before the user's overrides.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's model and schedule (section 3.1); sized for a GPU.
+    "paper": {},
+    # A 2-core CPU: a quarter of VGG's width and a larger step, so one balanced model trains in
+    # about five minutes and the 21-model study in about an hour and a quarter.
+    "cpu": {"width": 16, "batch_size": 64, "lr": 1e-3, "epochs": 8, "patience": 2},
+    # Seconds: tiny width, a few hundred training images; evaluation still uses the whole test set.
+    "smoke": {"width": 4, "dense_units": 32, "majority_count": 60, "minority_count": 12,
+              "batch_size": 32, "lr": 1e-3, "epochs": 2, "patience": 2},
+}
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    """The user-facing fields of a config class, in declaration order."""
+    return list(dataclasses.fields(cls))
+
+
+def resolve_train_config(**options: Any) -> TrainConfig:
+    """TrainConfig from the preset's values overridden by every option that is not None."""
+    preset = options.get("preset") or TrainConfig.__dataclass_fields__["preset"].default
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in options.items() if v is not None}}
+    values["preset"] = preset
+    return TrainConfig(**values)
+
+
+def resolve_evaluate_config(**options: Any) -> EvaluateConfig:
+    """EvaluateConfig from every option that is not None."""
+    return EvaluateConfig(**{k: v for k, v in options.items() if v is not None})
+
+
+def as_params(config: object) -> dict[str, str]:
+    """A config as flat MLflow params (None logged as an empty string)."""
+    return {k: "" if v is None else str(v) for k, v in dataclasses.asdict(config).items()}

@@ -1,0 +1,193 @@
+"""The evaluate job: attack a registered target with a source model's gradient (section 3.2).
+
+White-box: the source is the target itself. Black-box: the source is another model (the paper
+uses the balanced model) trained on the same data. Clean accuracy is computed in PyTorch and,
+from the target's ONNX file, in onnxruntime; the run fails if they disagree on too many images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from imbadv import metrics, tracking
+from imbadv.attacks import fgsm_with_logits, run_attack
+from imbadv.config import ConfigError, EvaluateConfig, resolve_evaluate_config
+from imbadv.data import ImageDataset, load_dataset
+from imbadv.export import onnx_logits, onnx_session
+from imbadv.inference import autocast, resolve_device, to_unit
+from imbadv.registry import RegisteredModel, RegistryError, load_registered
+from imbadv.train_job import OnnxMismatch
+
+
+@dataclass(frozen=True)
+class EvaluateOutcome:
+    run_id: str
+    clean_acc: float
+    adv_acc: float
+    per_class: list[dict[str, Any]]
+
+
+@dataclass
+class AttackResult:
+    """Predictions of the target on clean and adversarial test images, plus a few examples."""
+
+    clean_pred: np.ndarray
+    adv_pred: np.ndarray
+    clean_examples: np.ndarray
+    adv_examples: np.ndarray
+    example_index: np.ndarray
+
+
+def run_name(options: dict[str, Any]) -> str:
+    sampling = options.get("sampling") or "balanced"
+    class_part = "" if options.get("class_id") is None else f"-c{options['class_id']}"
+    source = options.get("source") or "self"
+    source = "self" if source == "self" else ("balanced" if source == "balanced" else "uri")
+    return (f"eval-{sampling}{class_part}-{options.get('attack') or 'fgsm'}-"
+            f"{options.get('direction') or 'ascent'}-eps{options.get('eps') or 0.01:g}-src-{source}")
+
+
+def run_evaluate(**options: Any) -> EvaluateOutcome:
+    """Resolve the config from `options` and run the whole evaluate job."""
+    with tracking.job_run("evaluate", run_name(options)) as run:
+        config = resolve_evaluate_config(**options)
+        tracking.log_config(config)
+        device = resolve_device(config.device)
+        dataset = load_dataset(config.data, config.cache_dir)
+        tracking.log_dataset(dataset, "evaluation")
+        target, source = _resolve_models(config, dataset, device)
+        if config.target_label is not None and config.target_label >= dataset.num_classes:
+            raise ConfigError(f"target label {config.target_label} is outside this dataset's "
+                              f"{dataset.num_classes} classes: pass --target-label 0 to {dataset.num_classes - 1}")
+        mlflow.set_tags({tracking.TAG_TARGET: f"{target.name}/{target.version}",
+                         tracking.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
+                         tracking.TAG_ATTACK: f"{config.attack}-{config.direction}", tracking.TAG_EPS: str(config.eps),
+                         "imbadv.whitebox": str(source is target), "imbadv.device": str(device)})
+        result = attack_test_set(target, source, dataset, config, device)
+        onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device)
+        per_class = _log_metrics_and_artifacts(result, onnx_pred, dataset, config)
+        clean_acc = float((result.clean_pred == dataset.test_labels).mean())
+        adv_acc = float((result.adv_pred == dataset.test_labels).mean())
+        print(f"{target.name}/{target.version}: clean_acc {clean_acc:.4f} adv_acc {adv_acc:.4f} "
+              f"({config.attack} {config.direction}, eps {config.eps:g}, source {config.source})")
+        return EvaluateOutcome(run.info.run_id, clean_acc, adv_acc, per_class)
+
+
+def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
+                    device: torch.device) -> tuple[RegisteredModel, RegisteredModel]:
+    target = load_registered(tracking.model_uri(config, dataset.name), device)
+    if target.dataset_digest != dataset.digest:
+        raise RegistryError(f"{target.uri} was trained on other data than {config.data}: evaluate it on the "
+                            "dataset it was trained on")
+    if config.source == "self":
+        return target, target
+    if config.source == "balanced":
+        balanced = dataclasses.replace(config, sampling="balanced", class_id=None)
+        source_uri = tracking.model_uri(balanced, dataset.name)
+    elif config.source.startswith("models:/"):
+        source_uri = config.source
+    else:
+        raise ConfigError(f"unknown source {config.source!r}: use self, balanced or a models:/ URI")
+    source = load_registered(source_uri, device)
+    if source.dataset_digest != target.dataset_digest:
+        raise RegistryError(f"source {source_uri} was trained on other data than target {target.uri}: "
+                            "pick a source trained on the same dataset")
+    return target, source
+
+
+def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: ImageDataset,
+                    config: EvaluateConfig, device: torch.device) -> AttackResult:
+    """Craft adversarial test images with the source's gradient and classify them with the target."""
+    images = torch.from_numpy(dataset.test_images).to(device)
+    labels = torch.from_numpy(dataset.test_labels).to(device)
+    attack = config.attack_config()
+    whitebox_fgsm = source is target and config.attack == "fgsm"
+    clean_pred, adv_pred = [], []
+    grid = example_indices(dataset.test_labels, config.grid_images)
+    clean_examples, adv_examples = [], []
+    for start in tqdm(range(0, len(images), config.batch_size), desc="attack", unit="batch", leave=False):
+        x = to_unit(images[start:start + config.batch_size])
+        y = labels[start:start + config.batch_size]
+        if whitebox_fgsm:  # the gradient pass's forward already gives the clean logits
+            adversarial, clean_logits = fgsm_with_logits(target.network, x, y, attack, config.precision)
+        else:
+            adversarial = run_attack(source.network, x, y, attack, config.precision)
+            clean_logits = _logits(target.network, x, config.precision)
+        adv_logits = _logits(target.network, adversarial, config.precision)
+        clean_pred.append(clean_logits.argmax(1).cpu())
+        adv_pred.append(adv_logits.argmax(1).cpu())
+        in_batch = [int(i) - start for i in grid if start <= i < start + len(x)]
+        clean_examples.append(x[in_batch].cpu().numpy())
+        adv_examples.append(adversarial[in_batch].detach().cpu().numpy())
+    return AttackResult(torch.cat(clean_pred).numpy(), torch.cat(adv_pred).numpy(),
+                        np.concatenate(clean_examples), np.concatenate(adv_examples), grid)
+
+
+def example_indices(labels: np.ndarray, count: int) -> np.ndarray:
+    """Up to `count` test indices for the example grid: the first image of each class in turn."""
+    firsts = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    picked = [idx[r] for r in range(max(map(len, firsts), default=0)) for idx in firsts if r < len(idx)]
+    return np.sort(np.asarray(picked[:count], dtype=np.int64))
+
+
+@torch.inference_mode()
+def _logits(network: torch.nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
+    with autocast(images.device, precision):
+        return network(images).float()
+
+
+def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred: np.ndarray,
+                      config: EvaluateConfig, device: torch.device) -> np.ndarray:
+    onnx_pred = onnx_logits(onnx_session(target.onnx_path, device), dataset.test_images, config.batch_size).argmax(1)
+    disagreement = float((onnx_pred != torch_pred).mean())
+    mlflow.log_metrics({"onnx_clean_acc": float((onnx_pred == dataset.test_labels).mean()),
+                        "onnx_agreement": 1.0 - disagreement})
+    if disagreement > config.max_onnx_disagreement:
+        raise OnnxMismatch(f"PyTorch and onnxruntime disagree on {disagreement:.2%} of test images (limit "
+                           f"{config.max_onnx_disagreement:.2%}): {target.uri}'s ONNX file does not match its "
+                           "weights; retrain it, or use --precision fp32")
+    return onnx_pred
+
+
+def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, dataset: ImageDataset,
+                               config: EvaluateConfig) -> list[dict[str, Any]]:
+    labels, names, k = dataset.test_labels, dataset.class_names, dataset.num_classes
+    clean_cm = metrics.confusion_matrix(labels, result.clean_pred, k)
+    adv_cm = metrics.confusion_matrix(labels, result.adv_pred, k)
+    clean_acc, adv_acc = metrics.per_class_accuracy(clean_cm), metrics.per_class_accuracy(adv_cm)
+    drop = metrics.relative_drop(clean_acc, adv_acc)
+    onnx_acc = metrics.per_class_accuracy(metrics.confusion_matrix(labels, onnx_pred, k))
+    values = {"clean_acc": float((result.clean_pred == labels).mean()),
+              "adv_acc": float((result.adv_pred == labels).mean())}
+    for c in range(k):
+        values |= {f"clean_acc_c{c}": clean_acc[c], f"adv_acc_c{c}": adv_acc[c], f"rel_drop_c{c}": drop[c]}
+    mlflow.log_metrics({key: float(v) for key, v in values.items() if np.isfinite(v)})
+
+    rows = [{"class_id": c, "class_name": names[c], "images": int(clean_cm[c].sum()),
+             "clean_acc": float(clean_acc[c]), "adv_acc": float(adv_acc[c]), "rel_drop": float(drop[c]),
+             "onnx_clean_acc": float(onnx_acc[c])} for c in range(k)]
+    title = f"{config.attack} {config.direction}, eps={config.eps:g}, source={config.source}"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        header = list(rows[0])
+        lines = [",".join(header)] + [",".join(str(row[h]) for h in header) for row in rows]
+        (folder / tracking.PER_CLASS_ARTIFACT).write_text("\n".join(lines) + "\n")
+        for kind, cm in (("clean", clean_cm), ("adversarial", adv_cm)):
+            metrics.write_confusion_csv(cm, names, folder / tracking.CONFUSION_DIR / f"{kind}.csv")
+            metrics.plot_confusion(cm, names, f"{kind.capitalize()} test set ({title})",
+                                   folder / tracking.CONFUSION_DIR / f"{kind}.png")
+        shown = result.example_index
+        metrics.plot_adversarial_grid(result.clean_examples, result.adv_examples, labels[shown],
+                                      result.clean_pred[shown], result.adv_pred[shown], names, title,
+                                      folder / tracking.GRID_ARTIFACT)
+        mlflow.log_artifacts(tmp)
+    return rows

@@ -1,0 +1,45 @@
+"""Batched inference on uint8 image tensors, shared by training, evaluation and attacks."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for but no CUDA device is present: pass --device cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked for, else a no-op (fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 pixels in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Logits (N, classes) in float32 for uint8 images (N, 3, 32, 32) on the model's device."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = to_unit(images[start:start + batch_size].to(device, non_blocking=True))
+        with autocast(device, precision):
+            outputs.append(model(batch).float())
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)

@@ -1,0 +1,86 @@
+"""The adapted VGG of the paper (section 3.1).
+
+Three conv blocks of 2, 3 and 3 conv 3x3 + ReLU layers, each ending in a 2x2 max pool, then one
+dense layer of 512 + ReLU and the class output. Input is (N, 3, 32, 32) pixels in [0, 1]; the
+per-channel normalisation is the model's first layer, so attack budgets are in pixel units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+# CIFAR-10 training-set channel statistics of [0, 1] pixels.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+BLOCK_LAYERS = (2, 3, 3)  # section 3.1
+IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class VGGSpec:
+    """Everything needed to rebuild the network; stored beside its weights."""
+
+    num_classes: int = 10
+    width: int = 64
+    dense_units: int = 512
+    dropout: float = 0.0
+    batch_norm: bool = False
+    mean: tuple[float, float, float] = CIFAR10_MEAN
+    std: tuple[float, float, float] = CIFAR10_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "VGGSpec":
+        values = dict(values)
+        values["mean"] = tuple(values["mean"])
+        values["std"] = tuple(values["std"])
+        return cls(**values)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, as buffers so that they travel with the weights and to ONNX."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class VGG(nn.Module):
+    """Adapted VGG: (N, 3, 32, 32) pixels in [0, 1] -> (N, num_classes) logits."""
+
+    def __init__(self, spec: VGGSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        layers: list[nn.Module] = [Normalize(spec.mean, spec.std)]
+        in_channels = 3
+        for block, depth in enumerate(BLOCK_LAYERS):
+            out_channels = spec.width * 2**block
+            for _ in range(depth):
+                layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
+                if spec.batch_norm:
+                    layers.append(nn.BatchNorm2d(out_channels))
+                layers.append(nn.ReLU(inplace=True))
+                in_channels = out_channels
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        side = IMAGE_SIZE // 2 ** len(BLOCK_LAYERS)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(in_channels * side * side, spec.dense_units),
+            nn.ReLU(inplace=True),
+            nn.Dropout(spec.dropout),
+            nn.Linear(spec.dense_units, spec.num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

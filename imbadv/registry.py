@@ -1,0 +1,155 @@
+"""Registered models: log pickle-free, register with tags and alias, resolve and load back.
+
+A registered version is an MLflow pyfunc (ONNX inference) whose artifacts hold everything imbadv
+needs: `weights` (safetensors), `spec` (architecture, class names, dataset digest) and `onnx`.
+Their SHA-256 sums are version tags, checked whenever the version is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+from safetensors.torch import load_file, save_file
+
+from imbadv import tracking
+from imbadv.data import sha256_file
+from imbadv.model import VGG, VGGSpec
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "model_spec.json"
+ONNX_FILE = "model.onnx"
+PIP_REQUIREMENTS = ["mlflow>=3", "numpy", "onnxruntime"]
+
+
+class RegistryError(LookupError):
+    """A model, alias or artifact that is missing or does not match; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model version loaded from the registry, with its network and ONNX file."""
+
+    uri: str
+    name: str
+    version: str
+    tags: dict[str, str]
+    spec: dict[str, Any]
+    network: VGG
+    onnx_path: Path
+
+    @property
+    def dataset_digest(self) -> str:
+        return self.spec["dataset_digest"]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.spec["class_names"])
+
+
+def write_model_files(network: VGG, spec: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Weights (safetensors) and spec (JSON) beside an exported ONNX file; returns artifact paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True))
+    return {"weights": folder / WEIGHTS_FILE, "spec": folder / SPEC_FILE, "onnx": folder / ONNX_FILE}
+
+
+def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[str, str]) -> ModelVersion:
+    """Log the model in the active run, register a version of `name` and point `alias` at it."""
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32), "images")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "logits")]))
+    info = mlflow.pyfunc.log_model(name=tracking.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                                   artifacts={k: str(v) for k, v in files.items()},
+                                   pip_requirements=PIP_REQUIREMENTS, signature=signature)
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client = MlflowClient()
+    _retry(lambda: client.set_registered_model_alias(name, alias, version.version))
+    return version
+
+
+def _retry(action, attempts: int = 5):
+    for attempt in range(attempts):
+        try:
+            return action()
+        except MlflowException as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def resolve_version(uri: str) -> ModelVersion:
+    """The version a `models:/<name>@<alias>` or `models:/<name>/<version>` URI names."""
+    if not uri.startswith("models:/"):
+        raise RegistryError(f"{uri!r} is not a registry URI: use models:/<name>@<alias> or models:/<name>/<version>")
+    ref = uri[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = ref.partition("/")
+        if not version:
+            raise RegistryError(f"{uri!r} names no version: use models:/{name}@<alias> or models:/{name}/<version>")
+        return client.get_model_version(name, version)
+    except MlflowException as error:
+        raise RegistryError(f"{uri} is not in the registry: train it first (imbadv train ...) or list "
+                            "what is there with `imbadv models`") from error
+
+
+def load_registered(uri: str, device: torch.device) -> RegisteredModel:
+    """Load a registered version's network (safetensors weights) and ONNX file, checking their hashes."""
+    version = resolve_version(uri)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
+    artifacts = local / "artifacts"
+    weights, spec_path, onnx_path = artifacts / WEIGHTS_FILE, artifacts / SPEC_FILE, artifacts / ONNX_FILE
+    for path, tag in ((weights, "weights_sha256"), (onnx_path, "onnx_sha256")):
+        expected = version.tags.get(tag)
+        if not path.exists() or expected is None or sha256_file(path) != expected:
+            raise RegistryError(f"{uri}: {path.name} does not match the SHA-256 recorded at training "
+                                "time: the artifact is damaged; retrain the model")
+    spec = json.loads(spec_path.read_text())
+    network = VGG(VGGSpec.from_dict(spec["architecture"]))
+    network.load_state_dict(load_file(str(weights)))
+    network.to(device).eval()
+    return RegisteredModel(uri=uri, name=version.name, version=version.version, tags=dict(version.tags),
+                           spec=spec, network=network, onnx_path=onnx_path)
+
+
+def list_registered(prefix: str = "imbadv-") -> list[dict[str, Any]]:
+    """Every registered imbadv model with its versions, aliases and key metrics."""
+    client = MlflowClient()
+    models = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'", max_results=1000)
+    return [describe(model.name) for model in sorted(models, key=lambda m: m.name)]
+
+
+def describe(name: str) -> dict[str, Any]:
+    """A registered model's versions, newest first, with aliases, tags and the run's test accuracy."""
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        raise RegistryError(f"model {name} is not in the registry: list what is there with `imbadv models`") from error
+    aliases_by_version: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases_by_version.setdefault(str(version), []).append(alias)
+    versions = []
+    for version in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
+        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        versions.append({"version": version.version, "aliases": sorted(aliases_by_version.get(version.version, [])),
+                         "test_acc": metrics.get("test_acc"), "onnx_agreement": metrics.get("onnx_agreement"),
+                         "run_id": version.run_id, "tags": dict(version.tags)})
+    return {"name": name, "versions": versions}

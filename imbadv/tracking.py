@@ -1,0 +1,136 @@
+"""MLflow names and provenance, defined once: run names, tags, registry names, artifact paths.
+
+The tracking URI is MLflow's own (MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the working
+directory). Every run records the resolved config (params `config.<field>`, so they never clash
+with the parameters that `mlflow run` logs for an entry point), the git commit of the code,
+package versions, device and the dataset digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
+
+from imbadv.config import ModelSelection, as_params
+from imbadv.data import ImageDataset
+
+EXPERIMENT = "imbadv"
+CONFIG_PARAM_PREFIX = "config."
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+# Tags on runs and model versions.
+TAG_JOB = "imbadv.job"
+TAG_ERROR = "imbadv.error"
+TAG_GIT_COMMIT = "imbadv.git_commit"
+TAG_DATASET = "imbadv.dataset"
+TAG_DATASET_DIGEST = "imbadv.dataset_digest"
+TAG_TARGET = "imbadv.target"
+TAG_SOURCE = "imbadv.source"
+TAG_ATTACK = "imbadv.attack"
+TAG_EPS = "imbadv.eps"
+VERSION_TAGS = ("sampling", "class_id", "class_name", "preset", "seed", "dataset", "dataset_digest",
+                "git_commit", "onnx_sha256", "weights_sha256", "run_id")
+
+# Artifact paths.
+MODEL_ARTIFACT = "model"
+CONFIG_ARTIFACT = "config.json"
+TRAIN_INDICES_ARTIFACT = "sampling/train_indices.csv"
+VAL_INDICES_ARTIFACT = "sampling/val_indices.csv"
+CONFUSION_DIR = "confusion"
+PER_CLASS_ARTIFACT = "per_class.csv"
+GRID_ARTIFACT = "examples/adversarial_grid.png"
+
+PACKAGES = ("torch", "torchvision", "mlflow", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy")
+
+
+def registered_model_name(dataset: str, sampling: str, class_id: int | None) -> str:
+    """`imbadv-<dataset>-balanced`, `imbadv-<dataset>-under-c<k>` or `imbadv-<dataset>-over-c<k>`."""
+    suffix = "balanced" if sampling == "balanced" else f"{sampling}-c{class_id}"
+    return f"imbadv-{dataset}-{suffix}"
+
+
+def model_alias(preset: str, seed: int) -> str:
+    """Alias of the newest version trained with this preset and seed."""
+    return f"{preset}-s{seed}"
+
+
+def model_uri(selection: ModelSelection, dataset: str) -> str:
+    """`models:/<name>@<preset>-s<seed>` of the model a selection names."""
+    name = registered_model_name(dataset, selection.sampling, selection.class_id)
+    return f"models:/{name}@{model_alias(selection.preset, selection.seed)}"
+
+
+def git_commit() -> str:
+    """Commit of the checkout the package runs from, with '-dirty' for uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def provenance_tags() -> dict[str, str]:
+    tags = {TAG_GIT_COMMIT: git_commit(), "imbadv.python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            tags[f"imbadv.version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+@contextmanager
+def job_run(job: str, run_name: str) -> Iterator[mlflow.ActiveRun]:
+    """The run a job logs into: the one `mlflow run` created (MLFLOW_RUN_ID) or a new one.
+
+    On any exception the run gets an `imbadv.error` tag and ends FAILED; the exception propagates.
+    """
+    if mlflow.active_run() is None and not _env_run_id():
+        mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run(run_name=None if _env_run_id() else run_name) as run:
+        mlflow.set_tags({TAG_JOB: job, **provenance_tags()})
+        try:
+            yield run
+        except BaseException as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            mlflow.set_tag(TAG_ERROR, message[:5000])
+            raise
+
+
+def _env_run_id() -> str | None:
+    return os.environ.get("MLFLOW_RUN_ID")
+
+
+def log_config(config: object) -> None:
+    """The resolved config, as `config.<field>` params and as `config.json`."""
+    mlflow.log_params({CONFIG_PARAM_PREFIX + k: v for k, v in as_params(config).items()})
+    mlflow.log_dict(dataclasses.asdict(config), CONFIG_ARTIFACT)
+
+
+def log_dataset(dataset: ImageDataset, context: str) -> None:
+    """Log the dataset as a run input, with its content digest."""
+    source = HTTPDatasetSource(CIFAR10_URL) if dataset.source == "cifar10" else \
+        LocalArtifactDatasetSource(str(Path(dataset.source).expanduser().resolve()))
+    mlflow.log_input(MetaDataset(source=source, name=dataset.name, digest=dataset.digest[:16]),
+                     context=context)
+    mlflow.set_tags({TAG_DATASET: dataset.name, TAG_DATASET_DIGEST: dataset.digest})
+
+
+def log_json(values: Any, artifact_path: str) -> None:
+    mlflow.log_text(json.dumps(values, indent=2, sort_keys=True), artifact_path)
