@@ -26,12 +26,14 @@ def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """(grad_x of the mean cross-entropy at `labels`, the logits of that forward pass)."""
     was_training = model.training
     model.eval()
-    x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), autocast(images.device, precision):
-        logits = model(x).float()
-        loss = F.cross_entropy(logits, labels)
-    (grad,) = torch.autograd.grad(loss, x)
-    model.train(was_training)
+    try:
+        x = images.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), autocast(images.device, precision):
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, labels)
+        (grad,) = torch.autograd.grad(loss, x)
+    finally:
+        model.train(was_training)
     return grad, logits.detach()
 
 

@@ -15,6 +15,8 @@ class ImbadvClassifier(PythonModel):
         self.session = ort.InferenceSession(context.artifacts["onnx"], providers=["CPUExecutionProvider"])
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
+        if isinstance(model_input, dict):  # a named-tensor input
+            (model_input,) = model_input.values()
         images = np.asarray(model_input, dtype=np.float32)
         return self.session.run(None, {self.session.get_inputs()[0].name: images})[0]
 

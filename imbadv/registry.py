@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,13 @@ def write_model_files(network: VGG, spec: dict[str, Any], folder: Path) -> dict[
 
 def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[str, str]) -> ModelVersion:
     """Log the model in the active run, register a version of `name` and point `alias` at it."""
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32), "images")]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "logits")]))
-    info = mlflow.pyfunc.log_model(name=tracking.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-                                   artifacts={k: str(v) for k, v in files.items()},
-                                   pip_requirements=PIP_REQUIREMENTS, signature=signature)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]))
+    with warnings.catch_warnings():  # MLflow nags about type hints and input examples we don't need
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pyfunc.log_model(name=tracking.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                                       artifacts={k: str(v) for k, v in files.items()},
+                                       pip_requirements=PIP_REQUIREMENTS, signature=signature)
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     client = MlflowClient()
     _retry(lambda: client.set_registered_model_alias(name, alias, version.version))
@@ -125,7 +128,7 @@ def load_registered(uri: str, device: torch.device) -> RegisteredModel:
     network = VGG(VGGSpec.from_dict(spec["architecture"]))
     network.load_state_dict(load_file(str(weights)))
     network.to(device).eval()
-    return RegisteredModel(uri=uri, name=version.name, version=version.version, tags=dict(version.tags),
+    return RegisteredModel(uri=uri, name=version.name, version=str(version.version), tags=dict(version.tags),
                            spec=spec, network=network, onnx_path=onnx_path)
 
 
@@ -149,7 +152,8 @@ def describe(name: str) -> dict[str, Any]:
     versions = []
     for version in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-        versions.append({"version": version.version, "aliases": sorted(aliases_by_version.get(version.version, [])),
+        number = str(version.version)
+        versions.append({"version": number, "aliases": sorted(aliases_by_version.get(number, [])),
                          "test_acc": metrics.get("test_acc"), "onnx_agreement": metrics.get("onnx_agreement"),
                          "run_id": version.run_id, "tags": dict(version.tags)})
     return {"name": name, "versions": versions}

@@ -120,4 +120,4 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
         version = registry.log_and_register(files, name, alias, tags)
     test_acc = float((test_logits.argmax(1).cpu().numpy() == dataset.test_labels).mean())
     print(f"registered {name} version {version.version} (alias {alias}); test_acc {test_acc:.4f}")
-    return TrainOutcome(run_id, name, version.version, alias, test_acc)
+    return TrainOutcome(run_id, name, str(version.version), alias, test_acc)

@@ -1,0 +1,31 @@
+# `make demo` sets everything up and trains + attacks two models; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+DATA ?= cifar10
+PRESET ?= smoke
+CLASS ?= 3
+BIN := $(VENV)/bin
+IMBADV := $(BIN)/imbadv --preset $(PRESET) --data $(DATA)
+
+.PHONY: setup demo test test-fast
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(IMBADV) train
+	$(IMBADV) train --sampling under --class-id $(CLASS)
+	$(IMBADV) evaluate --sampling under --class-id $(CLASS)
+	$(IMBADV) evaluate --sampling under --class-id $(CLASS) --source balanced
+	$(BIN)/imbadv models
+	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"

@@ -1,0 +1,5 @@
+"""`python -m imbadv` is the `imbadv` command."""
+
+from imbadv.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""The `imbadv` CLI: options mirror the configs; bad input fails cleanly; `models` lists the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from imbadv import tracking
+from imbadv.cli import app, main
+from imbadv.config import EvaluateConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.mark.parametrize(("command", "config"), [("train", TrainConfig), ("evaluate", EvaluateConfig)])
+def test_every_config_field_is_a_kebab_case_option(command, config):
+    help_text = invoke(command, "--help").output
+    for field in dataclasses.fields(config):
+        assert "--" + field.name.replace("_", "-") in help_text
+
+
+def test_mlproject_parameters_are_config_fields_without_second_defaults():
+    spec = yaml.safe_load((REPO / "MLproject").read_text())
+    assert spec["conda_env"] == "conda.yaml"
+    for entry, config in (("train", TrainConfig), ("evaluate", EvaluateConfig)):
+        fields = {f.name for f in dataclasses.fields(config)}
+        parameters = spec["entry_points"][entry]["parameters"]
+        assert set(parameters) <= fields
+        assert all(p["default"] == "" for p in parameters.values())  # defaults live in config.py only
+        for name in parameters:
+            assert f"--{name.replace('_', '-')} {{{name}}}" in spec["entry_points"][entry]["command"]
+
+
+def test_empty_mlproject_parameters_mean_the_config_default(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("imbadv.train_job.run_train", lambda **options: seen.update(options))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--sampling", "", "--preset", "smoke", "--epochs", "", "--seed", "3"])
+    assert exit_info.value.code == 0
+    assert seen["sampling"] is None and seen["epochs"] is None
+    assert seen["preset"] == "smoke" and seen["seed"] == 3
+
+
+def assert_one_error_line(stderr: str, message: str) -> None:
+    """The error is one line, the last one, with no traceback (MLflow's own INFO logs may precede it)."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("imbadv: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and message in errors[0], lines
+    assert "Traceback" not in stderr
+
+
+def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    corrupt = tmp / "broken.tar.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00 this is not a real archive")
+    not_a_tree = tmp / "flat"
+    not_a_tree.mkdir()
+    (not_a_tree / "cat.jpg").write_bytes(b"")
+    base = ["--preset", "smoke", "--device", "cpu"]
+    return [
+        (["train", *base, "--data", str(data), "--sampling", "sideways"], "unknown sampling 'sideways'"),
+        (["train", "--preset", "huge", "--data", str(data)], "unknown preset 'huge'"),
+        (["train", *base, "--data", str(data), "--sampling", "under", "--class-id", "12"], "class id 12 is outside"),
+        (["train", *base, "--data", str(data), "--sampling", "over"], "needs a class"),
+        (["train", *base, "--data", str(tmp / "nowhere")], "does not exist"),
+        (["train", *base, "--data", str(not_a_tree)], "is not an image-folder tree"),
+        (["train", *base, "--data", str(corrupt)], "is corrupted or not a .tar.gz"),
+        (["evaluate", *base, "--data", str(data), "--eps", "-0.1"], "eps -0.1 is outside [0, 1]"),
+        (["evaluate", *base, "--data", str(data), "--eps", "1.5"], "eps 1.5 is outside [0, 1]"),
+        (["evaluate", *base, "--data", str(data), "--attack", "ifgsm", "--steps", "0"], "steps 0 is below 1"),
+        (["evaluate", *base, "--data", str(data), "--seed", "99"], "is not in the registry"),
+        (["evaluate", *base, "--data", str(data), "--source", "models:/imbadv-nothing@smoke-s0"],
+         "is not in the registry"),
+    ]
+
+
+def test_bad_input_fails_with_one_line_and_a_failed_run(store, small_data, session_cache, tmp_path):
+    cases = _bad_inputs(small_data, tmp_path)
+    for args, message in cases:
+        result = runner.invoke(app, [*args, "--cache-dir", str(session_cache)])
+        assert result.exit_code == 1, (args, result.output)
+        assert_one_error_line(result.stderr, message)
+    client = MlflowClient()
+    runs = client.search_runs(["1"])
+    assert len(runs) == len(cases)
+    assert all(r.info.status == "FAILED" and r.data.tags.get(tracking.TAG_ERROR) for r in runs)
+    assert client.search_registered_models() == []
+
+
+def test_cifar10_without_internet_says_how_to_use_a_local_copy(store, tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "smoke", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1
+    assert "could not download CIFAR-10" in result.stderr and "--data PATH" in result.stderr
+    assert MlflowClient().search_registered_models() == []
+
+
+def test_models_lists_and_shows_registered_versions(store, small_data, session_cache):
+    from imbadv.train_job import run_train
+
+    run_train(preset="smoke", data=str(small_data), cache_dir=str(session_cache), device="cpu")
+    listed = invoke("models")
+    assert listed.exit_code == 0
+    assert "imbadv-cifar10-small-balanced" in listed.output and "smoke-s0" in listed.output
+    shown = json.loads(invoke("models", "show", "imbadv-cifar10-small-balanced", "--json").output)
+    assert shown["versions"][0]["aliases"] == ["smoke-s0"]
+    assert shown["versions"][0]["tags"]["preset"] == "smoke"
+    assert 0 <= shown["versions"][0]["test_acc"] <= 1
+    missing = invoke("models", "show", "imbadv-nothing")
+    assert missing.exit_code == 1 and "not in the registry" in missing.stderr
+
+
+def test_console_script_exit_code(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "imbadv", "train", "--preset", "nope"], capture_output=True,
+                            text=True, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
+                                                          "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "imbadv: error: unknown preset 'nope': use one of paper, cpu, smoke"

@@ -1,0 +1,147 @@
+"""The train and evaluate jobs end to end on real CIFAR-10 images, against a temporary SQLite store."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imbadv import tracking
+from imbadv.config import TrainConfig
+from imbadv.data import load_dataset, sha256_file
+from imbadv.evaluate_job import run_evaluate
+from imbadv.sampling import sample_split
+from imbadv.train_job import run_train
+
+
+def smoke(data: Path, cache: Path, **options) -> dict:
+    return {"preset": "smoke", "data": str(data), "cache_dir": str(cache), "device": "cpu", **options}
+
+
+def artifact_text(run_id: str, path: str) -> str:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_text()
+
+
+def test_train_logs_registers_and_exports(store, small_data, session_cache):
+    outcome = run_train(**smoke(small_data, session_cache, sampling="under", class_id=3))
+    client = MlflowClient()
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+
+    # Registry: name, alias, version tags.
+    assert outcome.model_name == "imbadv-cifar10-small-under-c3"
+    version = client.get_model_version_by_alias(outcome.model_name, "smoke-s0")
+    assert str(version.version) == outcome.version == "1"
+    tags = version.tags
+    assert (tags["sampling"], tags["class_id"], tags["class_name"], tags["preset"], tags["seed"]) == \
+        ("under", "3", "cat", "smoke", "0")
+    dataset = load_dataset(str(small_data), session_cache)
+    assert tags["dataset_digest"] == dataset.digest == run.data.tags[tracking.TAG_DATASET_DIGEST]
+    assert tags["git_commit"] and tags["run_id"] == outcome.run_id
+
+    # The ONNX file is reachable from the registry version alone and matches its recorded hash.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{outcome.model_name}/{outcome.version}"))
+    assert sha256_file(local / "artifacts" / "model.onnx") == tags["onnx_sha256"]
+    assert sha256_file(local / "artifacts" / "model.safetensors") == tags["weights_sha256"]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{outcome.model_name}@smoke-s0")
+    logits = pyfunc.predict(dataset.test_images[:5].astype(np.float32) / 255)
+    assert logits.shape == (5, 10)
+
+    # Per-epoch metrics with step=epoch, test metrics, ONNX agreement.
+    history = client.get_metric_history(outcome.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2]
+    for name in ("train_acc", "val_loss", "val_acc", "lr"):
+        assert len(client.get_metric_history(outcome.run_id, name)) == 2
+    metrics = run.data.metrics
+    assert metrics["test_acc"] == pytest.approx(outcome.test_acc)
+    per_class = [metrics[f"test_acc_c{k}"] for k in range(10)]
+    assert np.mean(per_class) == pytest.approx(metrics["test_acc"])  # 30 test images in every class
+    assert metrics["onnx_agreement"] >= 0.999 and metrics["onnx_max_abs_diff"] < 1e-3
+
+    # Resolved config as params, dataset as an input.
+    params = run.data.params
+    assert params["config.width"] == "8" and params["config.sampling"] == "under"
+    assert params["config.lr"] == "0.001" and params["config.decay"] == "1e-05"
+    assert run.inputs.dataset_inputs[0].dataset.name == "cifar10-small"
+
+    # Confusion matrix: rows = true class, counts over the whole test split.
+    rows = list(csv.reader(artifact_text(outcome.run_id, "confusion/test.csv").splitlines()))
+    assert rows[0][1:] == list(dataset.class_names)
+    counts = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
+    assert counts.sum(axis=1).tolist() == [30] * 10
+
+    # The logged indices rebuild the training set exactly.
+    logged = [int(i) for i in artifact_text(outcome.run_id, tracking.TRAIN_INDICES_ARTIFACT).split()]
+    config = TrainConfig(**smoke(small_data, session_cache, sampling="under", class_id=3, majority_count=100,
+                                 minority_count=20, batch_size=8))
+    assert logged == sample_split(dataset.train_labels, config, 10).train.tolist()
+    assert np.bincount(dataset.train_labels[logged]).tolist() == [90] * 3 + [18] + [90] * 6
+
+
+def test_retraining_is_bit_identical_and_alias_follows_newest(store, small_data, session_cache):
+    first = run_train(**smoke(small_data, session_cache))
+    second = run_train(**smoke(small_data, session_cache))
+    other_seed = run_train(**smoke(small_data, session_cache, seed=1))
+    client = MlflowClient()
+    weights = {o.version: client.get_model_version(o.model_name, o.version).tags["weights_sha256"]
+               for o in (first, second, other_seed)}
+    assert weights["1"] == weights["2"]  # same seed, same data, CPU: identical weights
+    assert weights["3"] != weights["1"]
+    assert str(client.get_model_version_by_alias(first.model_name, "smoke-s0").version) == "2"
+    assert str(client.get_model_version_by_alias(first.model_name, "smoke-s1").version) == "3"
+
+
+def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
+    run_train(**smoke(small_data, session_cache))
+    run_train(**smoke(small_data, session_cache, sampling="under", class_id=5))
+    client = MlflowClient()
+
+    white = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=5, eps=0.05))
+    run = client.get_run(white.run_id)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert m["adv_acc"] < m["clean_acc"]  # ascent at eps 0.05 on the model's own gradient
+    assert m["onnx_clean_acc"] == pytest.approx(m["clean_acc"])
+    assert m["onnx_agreement"] >= 0.999
+    for k in range(10):
+        assert {f"clean_acc_c{k}", f"adv_acc_c{k}"} <= set(m)
+        if m[f"clean_acc_c{k}"] > 0:
+            assert m[f"rel_drop_c{k}"] == pytest.approx((m[f"clean_acc_c{k}"] - m[f"adv_acc_c{k}"]) / m[f"clean_acc_c{k}"])
+    assert run.data.tags[tracking.TAG_TARGET] == "imbadv-cifar10-small-under-c5/1"
+    assert run.data.tags[tracking.TAG_SOURCE] == "self"
+    assert run.data.tags[tracking.TAG_ATTACK] == "fgsm-ascent" and run.data.tags[tracking.TAG_EPS] == "0.05"
+    artifacts = {a.path for a in client.list_artifacts(white.run_id)} | \
+        {a.path for a in client.list_artifacts(white.run_id, "confusion")}
+    assert {"per_class.csv", "confusion/clean.csv", "confusion/adversarial.csv", "confusion/clean.png",
+            "confusion/adversarial.png"} <= artifacts
+    assert client.list_artifacts(white.run_id, "examples")[0].path == tracking.GRID_ARTIFACT
+    rows = list(csv.DictReader(artifact_text(white.run_id, "per_class.csv").splitlines()))
+    assert [float(r["adv_acc"]) for r in rows] == pytest.approx([m[f"adv_acc_c{k}"] for k in range(10)])
+
+    black = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=5, eps=0.05,
+                                 source="balanced"))
+    black_run = client.get_run(black.run_id)
+    assert black_run.data.tags[tracking.TAG_SOURCE] == "imbadv-cifar10-small-balanced/1"
+    assert black.clean_acc == pytest.approx(white.clean_acc)  # same target, same clean images
+    assert black.adv_acc != white.adv_acc
+
+    iterative = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=5, eps=0.05,
+                                     attack="ifgsm", steps=3, direction="descent", target_label=2))
+    assert client.get_run(iterative.run_id).data.tags[tracking.TAG_ATTACK] == "ifgsm-descent"
+
+
+def test_source_trained_on_other_data_is_refused(store, small_data, extracted, tmp_path, session_cache):
+    from conftest import make_slice
+    from imbadv.registry import RegistryError
+
+    other = make_slice(extracted, tmp_path / "other" / "cifar10-small", 110, 30)  # same name, other images
+    run_train(**smoke(small_data, session_cache))
+    other_model = run_train(**smoke(other, session_cache, seed=7))
+    with pytest.raises(RegistryError, match="trained on other data"):
+        run_evaluate(**smoke(small_data, session_cache, source=f"models:/{other_model.model_name}/{other_model.version}"))
+    failed = MlflowClient().search_runs(["1"], filter_string="attributes.status = 'FAILED'")
+    assert len(failed) == 1 and "trained on other data" in failed[0].data.tags[tracking.TAG_ERROR]
