@@ -145,3 +145,13 @@ def test_source_trained_on_other_data_is_refused(store, small_data, extracted, t
         run_evaluate(**smoke(small_data, session_cache, source=f"models:/{other_model.model_name}/{other_model.version}"))
     failed = MlflowClient().search_runs(["1"], filter_string="attributes.status = 'FAILED'")
     assert len(failed) == 1 and "trained on other data" in failed[0].data.tags[tracking.TAG_ERROR]
+
+
+def test_damaged_registered_artifact_is_refused(store, small_data, session_cache, tmp_path):
+    from imbadv.registry import RegistryError
+
+    run_train(**smoke(small_data, session_cache))
+    (onnx_file,) = [p for p in tmp_path.rglob("model.onnx") if "models" in p.parts]
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")
+    with pytest.raises(RegistryError, match="model.onnx does not match the SHA-256 recorded at training time"):
+        run_evaluate(**smoke(small_data, session_cache))

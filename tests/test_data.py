@@ -1,0 +1,96 @@
+"""Data sources: the archive, image folders, the decoded-array cache, digests and bad data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_slice
+from imbadv.data import DataError, dataset_name, load_dataset
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def test_shared_archive_loads_whole_and_in_label_order(shared_archive, session_cache):
+    dataset = load_dataset(str(shared_archive), session_cache)
+    assert dataset.name == "cifar10-jpeg"
+    assert dataset.class_names == CIFAR10_CLASSES
+    assert dataset.train_images.shape == (50000, 3, 32, 32) and dataset.train_images.dtype == np.uint8
+    assert dataset.test_images.shape == (10000, 3, 32, 32)
+    assert np.bincount(dataset.train_labels).tolist() == [5000] * 10
+    assert np.bincount(dataset.test_labels).tolist() == [1000] * 10
+    assert len(list((session_cache / "extracted").iterdir())) == 1  # unpacked once, keyed by SHA-256
+    again = load_dataset(str(shared_archive), session_cache)  # from the array cache
+    assert again.digest == dataset.digest
+    assert np.array_equal(again.test_images, dataset.test_images)
+
+
+def test_folder_and_its_archive_give_the_same_data(small_data, tmp_path):
+    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", small_data.parent, small_data.name)
+    from_folder = load_dataset(str(small_data), tmp_path / "cache")
+    from_archive = load_dataset(archive, tmp_path / "cache")
+    assert from_archive.name == from_folder.name == "cifar10-small"
+    assert from_archive.digest == from_folder.digest
+    assert np.array_equal(from_archive.train_images, from_folder.train_images)
+    assert len(list((tmp_path / "cache" / "arrays").rglob("*.npz"))) == 2
+
+
+def test_pixels_are_decoded_in_rgb_channel_first(small_data, tmp_path):
+    dataset = load_dataset(str(small_data), tmp_path / "cache")
+    first = sorted((small_data / "train" / "airplane").iterdir())[0]
+    expected = np.asarray(Image.open(first).convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(dataset.train_images[0], expected)
+
+
+def test_digest_changes_with_the_pixels(extracted, tmp_path):
+    a = load_dataset(str(make_slice(extracted, tmp_path / "a" / "d", 3, 2)), tmp_path / "cache")
+    b = load_dataset(str(make_slice(extracted, tmp_path / "b" / "d", 4, 2)), tmp_path / "cache")
+    assert a.digest != b.digest
+
+
+def test_dataset_names():
+    assert dataset_name("cifar10") == "cifar10"
+    assert dataset_name("../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz") == "cifar10-jpeg"
+    assert dataset_name("/data/my-set/") == "my-set"
+    assert dataset_name("x/other.tgz") == "other"
+
+
+def _tree(root: Path, train: dict[str, int], test: dict[str, int], size=(32, 32)) -> Path:
+    for split, classes in (("train", train), ("test", test)):
+        for name, count in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", size, (i * 40 % 255, 10, 20)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(("train", "test", "size", "message"), [
+    ({"a": 2, "b": 0}, {"a": 1, "b": 1}, (32, 32), "has no images"),
+    ({"a": 2, "b": 2}, {"a": 1, "c": 1}, (32, 32), "train and test have different classes"),
+    ({"a": 2, "b": 2}, {"a": 1, "b": 1}, (28, 28), "is 28x28: imbadv needs 32x32"),
+])
+def test_bad_image_folders_are_refused(tmp_path, train, test, size, message):
+    root = _tree(tmp_path / "bad", train, test, size)
+    with pytest.raises(DataError, match=message):
+        load_dataset(str(root), tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.npz"))  # nothing half-written into the cache
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    root = _tree(tmp_path / "bad", {"a": 1}, {"a": 1})
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="broken.jpg"):
+        load_dataset(str(root), tmp_path / "cache")
+
+
+def test_truncated_archive_is_refused_and_leaves_no_unpacked_folder(shared_archive, tmp_path):
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(shared_archive.read_bytes()[:200_000])
+    with pytest.raises(DataError, match="is corrupted or not a .tar.gz"):
+        load_dataset(str(truncated), tmp_path / "cache")
+    assert list((tmp_path / "cache" / "extracted").iterdir()) == []
