@@ -19,6 +19,7 @@ import typer
 
 from imbadv.config import PRESETS, ConfigError, EvaluateConfig, TrainConfig
 from imbadv.data import DataError
+from imbadv.study import StudyConfig
 
 app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -28,10 +29,11 @@ app.add_typer(models_app, name="models")
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from imbadv.registry import RegistryError
+    from imbadv.study import StudyFailed
     from imbadv.train_job import OnnxMismatch
     from imbadv.trainer import TrainingDiverged
 
-    return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged
+    return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged, StudyFailed
 
 
 def _option_type(hint: Any) -> type:
@@ -92,10 +94,20 @@ def _evaluate(**options: Any) -> None:
     run_evaluate(**options)
 
 
+def _reproduce(**options: Any) -> None:
+    from imbadv.study import StudyConfig, run_study
+
+    outcome = run_study(StudyConfig(**{k: v for k, v in options.items() if v is not None}))
+    typer.echo(f"study run {outcome.parent_run_id}: {len(outcome.ran)} steps ran, {len(outcome.reused)} reused, "
+               f"{outcome.seconds:.0f} s")
+
+
 app.command("train", help="Train one model of the study, export it to ONNX and register it.")(
     config_command(TrainConfig, _train))
 app.command("evaluate", help="Attack a registered model with FGSM / iterative FGSM and score it per class.")(
     config_command(EvaluateConfig, _evaluate))
+app.command("reproduce", help="Run the paper's study: 21 models per seed and their attacks; reuses finished runs.")(
+    config_command(StudyConfig, _reproduce))
 
 
 @models_app.callback()

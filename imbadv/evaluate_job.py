@@ -166,15 +166,19 @@ def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, data
     clean_acc, adv_acc = metrics.per_class_accuracy(clean_cm), metrics.per_class_accuracy(adv_cm)
     drop = metrics.relative_drop(clean_acc, adv_acc)
     onnx_acc = metrics.per_class_accuracy(metrics.confusion_matrix(labels, onnx_pred, k))
+    success = metrics.attack_success_rate(labels, result.clean_pred, result.adv_pred, k)
     values = {"clean_acc": float((result.clean_pred == labels).mean()),
-              "adv_acc": float((result.adv_pred == labels).mean())}
+              "adv_acc": float((result.adv_pred == labels).mean()),
+              "success_rate": float(metrics.attack_success_rate(labels, result.clean_pred, result.adv_pred, 1,
+                                                                by_class=False)[0])}
     for c in range(k):
-        values |= {f"clean_acc_c{c}": clean_acc[c], f"adv_acc_c{c}": adv_acc[c], f"rel_drop_c{c}": drop[c]}
+        values |= {f"clean_acc_c{c}": clean_acc[c], f"adv_acc_c{c}": adv_acc[c], f"rel_drop_c{c}": drop[c],
+                   f"success_rate_c{c}": success[c]}
     mlflow.log_metrics({key: float(v) for key, v in values.items() if np.isfinite(v)})
 
     rows = [{"class_id": c, "class_name": names[c], "images": int(clean_cm[c].sum()),
              "clean_acc": float(clean_acc[c]), "adv_acc": float(adv_acc[c]), "rel_drop": float(drop[c]),
-             "onnx_clean_acc": float(onnx_acc[c])} for c in range(k)]
+             "success_rate": float(success[c]), "onnx_clean_acc": float(onnx_acc[c])} for c in range(k)]
     title = f"{config.attack} {config.direction}, eps={config.eps:g}, source={config.source}"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -31,6 +31,20 @@ def relative_drop(clean: np.ndarray, adversarial: np.ndarray) -> np.ndarray:
         return np.where(clean > 0, (clean - adversarial) / clean, np.nan)
 
 
+def attack_success_rate(labels: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray, num_classes: int,
+                        by_class: bool = True) -> np.ndarray:
+    """Share of the images classified correctly before the attack that are wrong after it.
+
+    Per true class (or one overall value with by_class=False); NaN where no image was correct.
+    This separates vulnerability from clean accuracy, which the paper's Table 1 mixes.
+    """
+    correct = clean_pred == labels
+    flipped = correct & (adv_pred != labels)
+    groups = [np.ones_like(correct)] if not by_class else [labels == c for c in range(num_classes)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.array([flipped[g].sum() / correct[g].sum() if correct[g].any() else np.nan for g in groups])
+
+
 def write_confusion_csv(confusion: np.ndarray, class_names: tuple[str, ...], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:

@@ -15,6 +15,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,8 @@ TAG_TARGET = "imbadv.target"
 TAG_SOURCE = "imbadv.source"
 TAG_ATTACK = "imbadv.attack"
 TAG_EPS = "imbadv.eps"
-VERSION_TAGS = ("sampling", "class_id", "class_name", "preset", "seed", "dataset", "dataset_digest",
-                "git_commit", "onnx_sha256", "weights_sha256", "run_id")
+TAG_STEP_KEY = "imbadv.step_key"
+TAG_STUDY_KEY = "imbadv.study_key"
 
 # Artifact paths.
 MODEL_ARTIFACT = "model"
@@ -95,15 +96,35 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
+# Set by a study for the steps it runs: the parent run and the step's reuse key.
+_STEP_TAGS: ContextVar[dict[str, str]] = ContextVar("imbadv_step_tags", default={})
+
+
+@contextmanager
+def step_tags(parent_run_id: str, step_key: str) -> Iterator[None]:
+    """Runs started inside are nested under `parent_run_id` and carry the step's reuse key."""
+    token = _STEP_TAGS.set({"mlflow.parentRunId": parent_run_id, TAG_STEP_KEY: step_key})
+    try:
+        yield
+    finally:
+        _STEP_TAGS.reset(token)
+
+
+def current_step_key() -> str | None:
+    """The reuse key of the study step running now, if any."""
+    return _STEP_TAGS.get().get(TAG_STEP_KEY)
+
+
 @contextmanager
 def job_run(job: str, run_name: str) -> Iterator[mlflow.ActiveRun]:
     """The run a job logs into: the one `mlflow run` created (MLFLOW_RUN_ID) or a new one.
 
     On any exception the run gets an `imbadv.error` tag and ends FAILED; the exception propagates.
     """
-    if mlflow.active_run() is None and not _env_run_id():
+    if mlflow.active_run() is None and not _env_run_id() and not os.environ.get("MLFLOW_EXPERIMENT_ID") \
+            and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=None if _env_run_id() else run_name) as run:
+    with mlflow.start_run(run_name=None if _env_run_id() else run_name, tags=_STEP_TAGS.get() or None) as run:
         mlflow.set_tags({TAG_JOB: job, **provenance_tags()})
         try:
             yield run

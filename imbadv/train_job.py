@@ -117,6 +117,8 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
                 "dataset_digest": dataset.digest, "git_commit": tracking.git_commit(),
                 "onnx_sha256": sha256_file(files["onnx"]), "weights_sha256": sha256_file(files["weights"]),
                 "run_id": run_id}
+        if step_key := tracking.current_step_key():
+            tags["step_key"] = step_key
         version = registry.log_and_register(files, name, alias, tags)
     test_acc = float((test_logits.argmax(1).cpu().numpy() == dataset.test_labels).mean())
     print(f"registered {name} version {version.version} (alias {alias}); test_acc {test_acc:.4f}")

@@ -104,3 +104,15 @@ def test_plot_adversarial_grid_writes_png(tmp_path, count):
     path = plot_adversarial_grid(clean, adversarial, labels, clean_pred, adv_pred, NAMES, "fgsm eps=0.03",
                                  tmp_path / "grid" / "grid.png")
     _assert_png(path)
+
+
+def test_attack_success_rate_counts_only_images_correct_before_the_attack():
+    from imbadv.metrics import attack_success_rate
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    clean = np.array([0, 0, 0, 1, 1, 0, 0])  # class 0: 3 correct; class 1: 1 correct; class 2: none
+    adv = np.array([1, 0, 2, 0, 0, 0, 2])  # class 0: 2 of the 3 flipped; class 1: flipped
+    rates = attack_success_rate(labels, clean, adv, 3)
+    assert rates[0] == pytest.approx(2 / 3) and rates[1] == 1.0 and np.isnan(rates[2])
+    (overall,) = attack_success_rate(labels, clean, adv, 3, by_class=False)
+    assert overall == pytest.approx(3 / 4)
