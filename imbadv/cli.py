@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import types
 import typing
@@ -102,6 +103,20 @@ def _reproduce(**options: Any) -> None:
                f"{outcome.seconds:.0f} s")
 
 
+def report(preset: str = typer.Option(StudyConfig.preset, help="Preset of the study."),
+           data: str = typer.Option(StudyConfig.data, help="Data source of the study, as for train."),
+           output_dir: str = typer.Option("reports", help="Folder for <dataset>-<preset>/.")) -> None:
+    """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
+    from imbadv.report_output import run_report
+
+    try:
+        run_report(preset, data, output_dir)
+    except _known_errors() as error:
+        typer.echo(f"imbadv: error: {error}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+app.command("report")(report)
 app.command("train", help="Train one model of the study, export it to ONNX and register it.")(
     config_command(TrainConfig, _train))
 app.command("evaluate", help="Attack a registered model with FGSM / iterative FGSM and score it per class.")(
@@ -164,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
     `mlflow run` passes every MLproject parameter, and an empty one means "the config's default".
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = list(sys.argv[1:] if argv is None else argv)
     kept: list[str] = []
     i = 0

@@ -22,7 +22,9 @@ def mlflow_run(entry: str, params: dict[str, str], env: dict[str, str], cwd: Pat
 
 @pytest.mark.slow
 def test_mlflow_run_train_then_evaluate_log_into_the_project_run(store, shared_archive, session_cache, tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "IMBADV_CACHE": str(session_cache)}
+    # `mlflow run --env-manager local` runs `python ...` from PATH: this interpreter's environment
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": store, "IMBADV_CACHE": str(session_cache)}
     train = mlflow_run("train", {"sampling": "over", "class_id": "3", "preset": "smoke",
                                  "data": str(shared_archive)}, env, tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]

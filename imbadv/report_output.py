@@ -1,0 +1,172 @@
+"""Write the study report: CSV, Markdown, figures and one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from imbadv import figures
+from imbadv.report import (COLUMNS, TABLE1_EPS, Estimate, claims, column_means, paper_column_means, table1)
+from imbadv.results import StudyResults
+
+BEYOND = (  # (column, sampling, source, metric): the measures that separate vulnerability from accuracy
+    ("clean_balanced", "balanced", "self", "clean_acc"),
+    ("clean_under", "under", "self", "clean_acc"),
+    ("clean_over", "over", "self", "clean_acc"),
+    ("success_whitebox_balanced", "balanced", "self", "success_rate"),
+    ("success_whitebox_under", "under", "self", "success_rate"),
+    ("success_whitebox_over", "over", "self", "success_rate"),
+    ("success_blackbox_under", "under", "balanced", "success_rate"),
+    ("success_blackbox_over", "over", "balanced", "success_rate"),
+    ("drop_whitebox_under", "under", "self", "rel_drop"),
+    ("drop_whitebox_over", "over", "self", "rel_drop"),
+)
+
+
+def _table1_markdown(results: StudyResults, eps: float) -> tuple[list[list[str]], list[list[str]]]:
+    rows = table1(results, eps)
+    header = ["class"] + [f"{c} ours / paper" for c, _, _ in COLUMNS]
+    body = [[str(r["class_name"])] + [f"{r[c].text()} / {r['paper_' + c] * 100:.1f}" for c, _, _ in COLUMNS]
+            for r in rows]
+    means = column_means(rows, len(results.seeds))
+    paper = paper_column_means()
+    body.append(["**mean**"] + [f"**{means[c].text()} / {paper[c] * 100:.1f}**" for c, _, _ in COLUMNS])
+    body.append(["difference (ours - paper)"] + [f"{(means[c].mean - paper[c]) * 100:+.1f}" for c, _, _ in COLUMNS])
+    return [header], body
+
+
+def _beyond_rows(results: StudyResults, eps: float) -> tuple[list[str], list[list[str]]]:
+    from imbadv.report import cell_values
+
+    header = ["class"] + [c for c, _, _, _ in BEYOND]
+    body = [[name] + [Estimate(cell_values(results, eps, s, src, k, m)).text() for _, s, src, m in BEYOND]
+            for k, name in enumerate(results.class_names)]
+    return header, body
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _write_csvs(results: StudyResults, eps: float, folder: Path) -> None:
+    rows = table1(results, eps)
+    with open(folder / "table1.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        header = ["class_id", "class_name"]
+        for column, _, _ in COLUMNS:
+            header += [f"{column}_ours", f"{column}_ours_ci_low", f"{column}_ours_ci_high", f"{column}_paper",
+                       f"{column}_diff"]
+        writer.writerow(header)
+        for r in rows:
+            line = [r["class_id"], r["class_name"]]
+            for column, _, _ in COLUMNS:
+                estimate, paper = r[column], r[f"paper_{column}"]
+                line += [estimate.mean, *estimate.interval, paper, estimate.mean - paper]
+            writer.writerow(line)
+    with open(folder / "claims.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["claim", "paper", "ours", "verdict"])
+        for claim in claims(results, eps):
+            writer.writerow([claim.claim, claim.paper, claim.ours, claim.verdict])
+    header, body = _beyond_rows(results, eps)
+    with open(folder / "beyond.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *body])
+
+
+def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -> dict[str, Path]:
+    """Write every report file into `folder`; returns them by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csvs(results, eps, folder)
+    images = {"Figure 3: clean accuracy": figures.clean_accuracy(results, folder / "fig3_clean_accuracy.png", eps),
+              "Figure 5: relative drop": figures.relative_drop(results, folder / "fig5_relative_drop.png", eps),
+              "Figure 7: similar-class confusions": figures.confusions(results, folder / "fig7_confusions.png", eps)}
+    if len(results.eps_values) > 1:
+        images["Robustness curves"] = figures.robustness_curves(results, folder / "robustness_curves.png")
+
+    header, body = _table1_markdown(results, eps)
+    beyond_header, beyond_body = _beyond_rows(results, eps)
+    claim_rows = [[c.claim, c.paper, c.ours, c.verdict] for c in claims(results, eps)]
+    seeds = len(results.seeds)
+    intro = (f"Dataset `{results.dataset}`, preset `{results.preset}`, {seeds} seed(s), FGSM ascent at eps = {eps:g} "
+             f"with the true label. Cells: accuracy (%) on the 1,000 test images of the target class"
+             + (", mean [95% CI] over seeds." if seeds > 1 else "."))
+    sections = [
+        ("Table 1: ours / the paper's", _markdown_table(header[0], body)),
+        ("Claims", _markdown_table(["claim", "paper", "ours", "verdict"], claim_rows)),
+        ("Beyond the paper: attack success among correctly classified images, relative drop",
+         "An under-sampled model already classifies its class worse before any attack. The attack success "
+         "rate counts only images the model got right before the attack; the relative drop is (clean - "
+         "adversarial) / clean.\n\n" + _markdown_table(beyond_header, beyond_body)),
+    ]
+    markdown = [f"# imbadv study report: {results.dataset}, {results.preset}", "", intro, ""]
+    for title, text in sections:
+        markdown += [f"## {title}", "", text, ""]
+    for title, path in images.items():
+        markdown += [f"## {title}", "", f"![{title}]({path.name})", ""]
+    (folder / "table1.md").write_text(_markdown_table(header[0], body) + "\n")
+    (folder / "report.md").write_text("\n".join(markdown))
+    (folder / "report.html").write_text(_html(results, intro, header[0], body, claim_rows, beyond_header,
+                                              beyond_body, images))
+    print(f"Table 1 ({results.dataset}, {results.preset}; ours / paper, %)")
+    print(_markdown_table(header[0], body).replace("**", ""))
+    return {p.name: p for p in folder.iterdir()}
+
+
+def _html_table(header: list[str], body: list[list[str]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell.replace('**', ''))}</td>" for cell in row) + "</tr>"
+                   for row in body)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _html(results: StudyResults, intro: str, header, body, claim_rows, beyond_header, beyond_body,
+          images: dict[str, Path]) -> str:
+    figures_html = "".join(
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}</figcaption></figure>'
+        for title, path in images.items())
+    # Marks the page once every image has decoded, so a headless browser can check it.
+    script = ("window.addEventListener('load',()=>{const i=[...document.images];"
+              "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
+              "document.body.dataset.imagesTotal=i.length;});")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}"
+             "img{max-width:100%}figure{margin:1.5em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>imbadv report: {html.escape(results.dataset)}"
+            f"</title><style>{style}</style><script>{script}</script></head><body>"
+            f"<h1>imbadv study report: {html.escape(results.dataset)}, {html.escape(results.preset)}</h1>"
+            f"<p>{html.escape(intro)}</p><h2>Table 1: ours / the paper's</h2>{_html_table(header, body, 'table1')}"
+            f"<h2>Claims</h2>{_html_table(['claim', 'paper', 'ours', 'verdict'], claim_rows, 'claims')}"
+            f"<h2>Beyond the paper</h2>{_html_table(beyond_header, beyond_body, 'beyond')}"
+            f"{figures_html}</body></html>")
+
+
+def attach_to_study(results: StudyResults, folder: Path) -> None:
+    """Log the report as artifacts of the study's parent run, when there is one."""
+    if results.study_run_id:
+        MlflowClient().log_artifacts(results.study_run_id, str(folder), "report")
+
+
+def run_report(preset: str, data: str, output_dir: str) -> Path:
+    """Read the finished runs of a study and write its report to `<output_dir>/<dataset>-<preset>/`."""
+    from imbadv.config import ConfigError
+    from imbadv.data import dataset_name
+    from imbadv.results import load_results
+
+    dataset = dataset_name(data)
+    results = load_results(dataset, preset)
+    if not results.evaluations:
+        raise ConfigError(f"no finished evaluations of {dataset} with preset {preset} in this tracking store: "
+                          f"run `imbadv reproduce --preset {preset} --data {data}` first")
+    folder = Path(output_dir) / f"{dataset}-{preset}"
+    write_report(results, folder)
+    attach_to_study(results, folder)
+    print(f"report written to {folder}/report.html")
+    return folder

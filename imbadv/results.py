@@ -1,0 +1,113 @@
+"""Finished study runs read back from the tracking store, as tidy records (nothing is recomputed).
+
+One `Cell` per (seed, eps, model, source): the evaluation run's per-class metrics, and its clean
+and adversarial confusion matrices when asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from imbadv import tracking
+
+P = tracking.CONFIG_PARAM_PREFIX
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One finished FGSM-ascent evaluation of a study model."""
+
+    run_id: str
+    seed: int
+    eps: float
+    sampling: str
+    class_id: int | None
+    source: str  # "self" or "balanced"
+    metrics: dict[str, float]
+    confusion: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+
+    def per_class(self, name: str, k: int) -> float:
+        return self.metrics.get(f"{name}_c{k}", float("nan"))
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    dataset: str
+    preset: str
+    class_names: tuple[str, ...]
+    evaluations: list[Evaluation]
+    study_run_id: str | None
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({e.seed for e in self.evaluations})
+
+    @property
+    def eps_values(self) -> list[float]:
+        return sorted({e.eps for e in self.evaluations})
+
+    def find(self, seed: int, eps: float, sampling: str, class_id: int | None, source: str) -> Evaluation | None:
+        for e in self.evaluations:
+            if (e.seed, e.eps, e.sampling, e.class_id, e.source) == (seed, eps, sampling, class_id, source):
+                return e
+        return None
+
+
+def _evaluation(run: Run) -> Evaluation | None:
+    p = run.data.params
+    source = p.get(P + "source", "")
+    if source not in ("self", "balanced") or p.get(P + "attack") != "fgsm" or p.get(P + "direction") != "ascent" \
+            or p.get(P + "target_label", "") != "":
+        return None
+    return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]),
+                      sampling=p[P + "sampling"], class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
+                      source=source, metrics=dict(run.data.metrics))
+
+
+def load_results(dataset: str, preset: str, with_confusions: bool = True) -> StudyResults:
+    """The newest finished evaluation of each study cell for `dataset` and `preset`."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments, max_results=50000, order_by=["attributes.start_time DESC"],
+        filter_string=(f"attributes.status = 'FINISHED' and tags.`{tracking.TAG_JOB}` = 'evaluate' and "
+                       f"tags.`{tracking.TAG_DATASET}` = '{dataset}' and params.`{P}preset` = '{preset}'"))
+    newest: dict[tuple, Evaluation] = {}
+    for run in runs:
+        evaluation = _evaluation(run)
+        if evaluation is None:
+            continue
+        key = (evaluation.seed, evaluation.eps, evaluation.sampling, evaluation.class_id, evaluation.source)
+        newest.setdefault(key, evaluation)  # runs come newest first
+    evaluations = list(newest.values())
+    class_names: tuple[str, ...] = ()
+    if evaluations:
+        class_names = tuple(row["class_name"] for row in _csv_rows(evaluations[0].run_id, tracking.PER_CLASS_ARTIFACT))
+    if with_confusions:
+        evaluations = [_with_confusions(e) for e in evaluations]
+    studies = client.search_runs(
+        experiments, max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=(f"tags.`{tracking.TAG_JOB}` = 'study' and tags.`{tracking.TAG_DATASET}` = '{dataset}' and "
+                       f"params.`{P}preset` = '{preset}'"))
+    return StudyResults(dataset, preset, class_names, evaluations, studies[0].info.run_id if studies else None)
+
+
+def _csv_rows(run_id: str, path: str) -> list[dict[str, str]]:
+    text = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_text()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _with_confusions(evaluation: Evaluation) -> Evaluation:
+    matrices = {}
+    for kind in ("clean", "adversarial"):
+        rows = _csv_rows(evaluation.run_id, f"{tracking.CONFUSION_DIR}/{kind}.csv")
+        matrices[kind] = np.array([[int(v) for k, v in row.items() if k != "true\\predicted"] for row in rows])
+    return Evaluation(**{**evaluation.__dict__, "confusion": matrices})

@@ -1,0 +1,107 @@
+"""Claim checks, confidence intervals and Table 1 assembly, on hand-made evaluation records."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from imbadv.report import (COLUMNS, Estimate, claims, column_means, confidence_interval, paper_column_means,
+                           paper_table, table1)
+from imbadv.results import Evaluation, StudyResults
+
+NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CAT, DOG = 3, 5
+
+
+def evaluation(seed, sampling, class_id, source, adv: dict[int, float], clean: float = 0.8,
+               cat_dog: tuple[int, int] = (30, 30)) -> Evaluation:
+    metrics = {}
+    for k in range(10):
+        metrics[f"adv_acc_c{k}"] = adv.get(k, 0.5)
+        metrics[f"clean_acc_c{k}"] = clean
+        metrics[f"rel_drop_c{k}"] = (clean - metrics[f"adv_acc_c{k}"]) / clean
+    adversarial = np.full((10, 10), 10)
+    adversarial[CAT, DOG], adversarial[DOG, CAT] = cat_dog
+    return Evaluation(f"run-{seed}-{sampling}-{class_id}-{source}", seed, 0.01, sampling, class_id, source, metrics,
+                      {"clean": np.full((10, 10), 10), "adversarial": adversarial})
+
+
+def study(per_seed: list[dict[str, float]], under_cat_dog=(40, 30), under_dog_cat=(30, 20)) -> StudyResults:
+    """Every cell of a column equal to that seed's value for the column."""
+    evaluations = []
+    for seed, values in enumerate(per_seed):
+        evaluations.append(evaluation(seed, "balanced", None, "self", {k: values["whitebox_balanced"] for k in range(10)}))
+        for c in range(10):
+            for column, sampling, source in COLUMNS[:2] + COLUMNS[3:]:
+                cat_dog = {CAT: under_cat_dog, DOG: under_dog_cat}.get(c, (30, 30)) if sampling == "under" else (30, 30)
+                evaluations.append(evaluation(seed, sampling, c, source, {c: values[column]}, cat_dog=cat_dog))
+    return StudyResults("cifar10", "smoke", NAMES, evaluations, None)
+
+
+class Verdicts(dict):
+    """Look a claim up by the start of its text."""
+
+    def __getitem__(self, start: str) -> bool | None:
+        (verdict,) = [v for claim, v in self.items() if claim.startswith(start)]
+        return verdict
+
+
+PAPER_LIKE = {"blackbox_undersample": 0.54, "blackbox_oversample": 0.83, "whitebox_balanced": 0.26,
+              "whitebox_undersample": 0.14, "whitebox_oversample": 0.44}
+
+
+def test_paper_reference_table_is_shipped_with_the_quoted_means():
+    assert [row["class_name"] for row in paper_table()] == list(NAMES)
+    means = paper_column_means()
+    assert means["blackbox_undersample"] == pytest.approx(0.538)
+    assert means["whitebox_balanced"] == pytest.approx(0.258)
+    assert means["whitebox_undersample"] == pytest.approx(0.1417)  # the README rounds it to 14.2%
+    assert means["whitebox_oversample"] == pytest.approx(0.442)
+
+
+def test_confidence_interval_is_the_t_interval():
+    values = [0.2, 0.25, 0.3, 0.22]
+    low, high = confidence_interval(values)
+    half = stats.t.ppf(0.975, 3) * np.std(values, ddof=1) / 2
+    assert (low, high) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    assert all(math.isnan(v) for v in confidence_interval([0.3]))
+    assert Estimate((0.2, float("nan"), 0.4)).mean == pytest.approx(0.3)
+
+
+def test_table1_cells_come_from_the_right_runs():
+    values = dict(PAPER_LIKE)
+    rows = table1(study([values]))
+    cat = rows[CAT]
+    for column, _, _ in COLUMNS:
+        assert cat[column].mean == pytest.approx(values[column])
+    assert cat["paper_whitebox_undersample"] == pytest.approx(0.005)
+    means = column_means(rows, 1)
+    assert means["whitebox_oversample"].mean == pytest.approx(0.44)
+
+
+def test_claims_hold_on_paper_like_results_and_fail_on_reversed_ones():
+    verdicts = {c.claim.split(" (")[0]: c.holds for c in claims(study([PAPER_LIKE]))}
+    assert all(verdicts.values()), verdicts
+    reversed_values = {**PAPER_LIKE, "whitebox_undersample": 0.40, "whitebox_oversample": 0.10,
+                       "blackbox_undersample": 0.30}
+    checks = claims(study([reversed_values], under_cat_dog=(20, 30), under_dog_cat=(30, 50)))
+    by_start = Verdicts({c.claim: c.holds for c in checks})
+    assert by_start["Under-sampled models are more vulnerable"] is False
+    assert by_start["Over-sampled models are more robust than "] is False
+    assert by_start["Black-box attacks are weaker than white-box attacks (under"] is False  # 0.30 < 0.40
+    assert by_start["Under-sampled models attacked black-box k"] is False  # 30% is far from 53.8%
+    assert by_start["Under-sampling cat raises cat->dog confus"] is False
+    assert by_start["Under-sampling dog lowers dog->cat confus"] is False
+
+
+def test_claims_across_seeds_need_the_whole_interval():
+    noisy = [dict(PAPER_LIKE, whitebox_undersample=u) for u in (0.10, 0.30, 0.12)]  # mean 0.173 < 0.26, noisy
+    claim = claims(study(noisy))[0]
+    assert claim.claim.startswith("Under-sampled models are more vulnerable")
+    assert claim.holds is False  # the paired interval reaches below zero
+    steady = [dict(PAPER_LIKE, whitebox_undersample=u) for u in (0.14, 0.15, 0.13)]
+    assert claims(study(steady))[0].holds is True
+    assert "[" in claims(study(steady))[0].ours  # reported with its interval
