@@ -114,7 +114,8 @@ def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: I
     clean_pred, adv_pred = [], []
     grid = example_indices(dataset.test_labels, config.grid_images)
     clean_examples, adv_examples = [], []
-    for start in tqdm(range(0, len(images), config.batch_size), desc="attack", unit="batch", leave=False):
+    for start in tqdm(range(0, len(images), config.batch_size), desc="attack", unit="batch", leave=False,
+                      disable=None):
         x = to_unit(images[start:start + config.batch_size])
         y = labels[start:start + config.batch_size]
         if whitebox_fgsm:  # the gradient pass's forward already gives the clean logits

@@ -151,7 +151,6 @@ def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str
 
     os.environ.pop("MLFLOW_RUN_ID", None)  # the study's own run, when started by `mlflow run`
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id  # steps go where their parent is
-    os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
     log_path = Path(log_dir) / f"{step.key}.log"
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \

@@ -83,7 +83,8 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
         order = torch.randperm(len(train_images), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch")
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
+                   disable=None)  # no bar when the output is not a terminal
         for step in bar:
             index = order[step * config.batch_size:(step + 1) * config.batch_size]
             images, labels = to_unit(train_images[index]), train_labels[index]

@@ -15,6 +15,18 @@ SHARED_ARCHIVE = Path(os.environ.get(
     "IMBADV_TEST_DATA", REPO.parent / "shared" / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: unit-test tensors are tiny, and on a busy 2-core machine a second
+    thread makes each conv call orders of magnitude slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_archive() -> Path:
     if not SHARED_ARCHIVE.exists():

@@ -12,13 +12,7 @@ from imbadv.inference import predict_logits
 from imbadv.model import VGG, VGGSpec
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the model is tiny and the machine busy (see test_attacks)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

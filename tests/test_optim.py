@@ -9,14 +9,7 @@ import torch
 from imbadv.optim import keras_rmsprop
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, and on a busy 2-core machine a second thread
-    makes each conv call orders of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class KerasRMSprop:
