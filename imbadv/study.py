@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -25,6 +27,11 @@ from tqdm.auto import tqdm
 from imbadv import tracking
 from imbadv.config import ConfigError, PRESETS, default_cache_dir
 from imbadv.data import load_dataset
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock
+    fcntl = None
 
 
 @dataclass(frozen=True)
@@ -175,13 +182,33 @@ def run_study(config: StudyConfig) -> StudyOutcome:
     code = tracking.git_commit()
     steps = plan(config, dataset.num_classes, dataset.digest, code)
     study_key = step_key("study", asdict(config) | {"force": False, "jobs": 0}, dataset.digest, code)
+    with _exclusive(Path(config.cache_dir).expanduser() / "locks" / f"study-{study_key}.lock"):
+        return _run_steps(config, dataset.name, dataset.digest, steps, study_key, start)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Refuse to run two identical studies at once on this machine (they would duplicate steps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StudyFailed("another `imbadv reproduce` with the same settings is running on this machine: "
+                                  f"wait for it to finish or stop it (lock {path})") from None
+        yield
+
+
+def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, steps: list[Step], study_key: str,
+               start: float) -> StudyOutcome:
     under_project = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` made the study's run
     if not under_project:
         mlflow.set_experiment(tracking.EXPERIMENT)
     parent_id = None if under_project else _existing_parent(study_key)
-    with mlflow.start_run(run_id=parent_id, run_name=f"study-{dataset.name}-{config.preset}") as parent:
+    with mlflow.start_run(run_id=parent_id, run_name=f"study-{dataset_name}-{config.preset}") as parent:
         mlflow.set_tags({tracking.TAG_JOB: "study", tracking.TAG_STUDY_KEY: study_key, **tracking.provenance_tags(),
-                         tracking.TAG_DATASET: dataset.name, tracking.TAG_DATASET_DIGEST: dataset.digest})
+                         tracking.TAG_DATASET: dataset_name, tracking.TAG_DATASET_DIGEST: dataset_digest})
         if parent_id is None:
             mlflow.log_params({tracking.CONFIG_PARAM_PREFIX + k: str(v) for k, v in asdict(config).items()
                                if k not in ("force", "jobs", "cache_dir", "device")})

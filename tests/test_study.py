@@ -124,3 +124,15 @@ def _check_html_in_chromium(page: Path) -> None:
     dom = result.stdout
     assert '<table id="table1">' in dom and "<td>cat</td>" in dom
     assert 'data-images-total="3"' in dom and 'data-images-loaded="3"' in dom, dom[-2000:]
+
+
+def test_a_second_identical_study_on_this_machine_is_refused(tmp_path):
+    from imbadv.study import StudyFailed, _exclusive
+
+    lock = tmp_path / "locks" / "study.lock"
+    with _exclusive(lock):
+        with pytest.raises(StudyFailed, match="another `imbadv reproduce` with the same settings is running"):
+            with _exclusive(lock):
+                pass
+    with _exclusive(lock):  # released when the first study ends
+        pass
