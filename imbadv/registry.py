@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from imbadv import tracking
@@ -126,7 +127,12 @@ def load_registered(uri: str, device: torch.device) -> RegisteredModel:
                                 "time: the artifact is damaged; retrain the model")
     spec = json.loads(spec_path.read_text())
     network = VGG(VGGSpec.from_dict(spec["architecture"]))
-    network.load_state_dict(load_file(str(weights)))
+    try:  # safetensors holds tensors only: nothing in the file is ever executed
+        state = load_file(str(weights))
+    except SafetensorError as error:
+        raise RegistryError(f"{uri}: {weights.name} is not a safetensors file ({error}): imbadv loads weights "
+                            "from safetensors only; retrain the model") from error
+    network.load_state_dict(state)
     network.to(device).eval()
     return RegisteredModel(uri=uri, name=version.name, version=str(version.version), tags=dict(version.tags),
                            spec=spec, network=network, onnx_path=onnx_path)

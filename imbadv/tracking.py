@@ -97,7 +97,7 @@ def provenance_tags() -> dict[str, str]:
 
 
 # Set by a study for the steps it runs: the parent run and the step's reuse key.
-_STEP_TAGS: ContextVar[dict[str, str]] = ContextVar("imbadv_step_tags", default={})
+_STEP_TAGS: ContextVar[dict[str, str] | None] = ContextVar("imbadv_step_tags", default=None)
 
 
 @contextmanager
@@ -112,7 +112,7 @@ def step_tags(parent_run_id: str, step_key: str) -> Iterator[None]:
 
 def current_step_key() -> str | None:
     """The reuse key of the study step running now, if any."""
-    return _STEP_TAGS.get().get(TAG_STEP_KEY)
+    return (_STEP_TAGS.get() or {}).get(TAG_STEP_KEY)
 
 
 @contextmanager

@@ -155,3 +155,29 @@ def test_damaged_registered_artifact_is_refused(store, small_data, session_cache
     onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")
     with pytest.raises(RegistryError, match="model.onnx does not match the SHA-256 recorded at training time"):
         run_evaluate(**smoke(small_data, session_cache))
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_malicious_pickle_in_place_of_the_weights_is_refused_unexecuted(store, small_data, session_cache, tmp_path):
+    import pickle
+
+    from imbadv.registry import RegistryError
+
+    outcome = run_train(**smoke(small_data, session_cache))
+    marker = tmp_path / "payload-ran"
+    (weights,) = [p for p in tmp_path.rglob("model.safetensors") if "models" in p.parts]
+    weights.write_bytes(pickle.dumps(_Payload(marker)))
+    # An attacker who can also rewrite the recorded hash gets past the hash check, not past safetensors.
+    MlflowClient().set_model_version_tag(outcome.model_name, outcome.version, "weights_sha256", sha256_file(weights))
+    with pytest.raises(RegistryError, match="is not a safetensors file"):
+        run_evaluate(**smoke(small_data, session_cache))
+    assert not marker.exists()
