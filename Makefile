@@ -5,7 +5,8 @@ DATA ?= cifar10
 PRESET ?= smoke
 CLASS ?= 3
 BIN := $(VENV)/bin
-IMBADV := $(BIN)/imbadv --preset $(PRESET) --data $(DATA)
+IMBADV := $(BIN)/imbadv
+OPTIONS := --preset $(PRESET) --data $(DATA)
 
 .PHONY: setup demo test test-fast
 setup: $(VENV)/.installed
@@ -17,11 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(IMBADV) train
-	$(IMBADV) train --sampling under --class-id $(CLASS)
-	$(IMBADV) evaluate --sampling under --class-id $(CLASS)
-	$(IMBADV) evaluate --sampling under --class-id $(CLASS) --source balanced
-	$(BIN)/imbadv models
+	$(IMBADV) train $(OPTIONS)
+	$(IMBADV) train $(OPTIONS) --sampling under --class-id $(CLASS)
+	$(IMBADV) evaluate $(OPTIONS) --sampling under --class-id $(CLASS)
+	$(IMBADV) evaluate $(OPTIONS) --sampling under --class-id $(CLASS) --source balanced
+	$(IMBADV) models
 	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: setup

@@ -59,10 +59,11 @@ def _help_text(cls: type, field: dataclasses.Field) -> str:
     return text
 
 
-def config_command(cls: type, job: Callable[..., Any]) -> Callable[..., None]:
-    """A typer command whose options are `cls`'s fields (kebab-case), calling `job(**options)`."""
+def config_command(cls: type, job: Callable[..., Any],
+                   extra: tuple[inspect.Parameter, ...] = ()) -> Callable[..., None]:
+    """A typer command whose options are `cls`'s fields (kebab-case) and `extra`, calling `job(**options)`."""
     hints = typing.get_type_hints(cls)
-    parameters = []
+    parameters = list(extra)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind = _option_type(hints[field.name])
@@ -117,8 +118,11 @@ def report(preset: str = typer.Option(StudyConfig.preset, help="Preset of the st
 
 
 app.command("report")(report)
+RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+    None, "--resume", help="Run id to continue from its last checkpoint (a killed run of the same training is "
+    "found and continued without it)."))
 app.command("train", help="Train one model of the study, export it to ONNX and register it.")(
-    config_command(TrainConfig, _train))
+    config_command(TrainConfig, _train, (RESUME,)))
 app.command("evaluate", help="Attack a registered model with FGSM / iterative FGSM and score it per class.")(
     config_command(EvaluateConfig, _evaluate))
 app.command("reproduce", help="Run the paper's study: 21 models per seed and their attacks; reuses finished runs.")(

@@ -8,12 +8,12 @@ trainings first, then evaluations.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -138,19 +138,22 @@ def finished_steps(experiment_id: str, keys: list[str]) -> dict[str, str]:
     return found
 
 
-def discard_unfinished(experiment_id: str, key: str) -> None:
-    """Delete the runs a killed attempt at this step left RUNNING or FAILED, so no duplicates remain."""
+def discard_unfinished(experiment_id: str, step: Step) -> None:
+    """Delete the runs an earlier attempt at this step left unfinished, so no duplicates remain.
+
+    A killed training (RUNNING or KILLED) is kept: the train job resumes it from its checkpoint.
+    """
     client = MlflowClient()
-    for run in client.search_runs([experiment_id], filter_string=f"tags.`{tracking.TAG_STEP_KEY}` = '{key}' "
+    keep = ("RUNNING", "KILLED") if step.entry == "train" else ()
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{tracking.TAG_STEP_KEY}` = '{step.key}' "
                                   "and attributes.status != 'FINISHED'"):
-        client.delete_run(run.info.run_id)
+        if run.info.status not in keep:
+            client.delete_run(run.info.run_id)
 
 
 def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
               log_dir: str, threads: int) -> str:
     """Worker: run one step in this process, output to a log file; returns the step's run id."""
-    import contextlib
-
     import torch
 
     from imbadv.evaluate_job import run_evaluate
@@ -186,7 +189,7 @@ def run_study(config: StudyConfig) -> StudyOutcome:
         return _run_steps(config, dataset.name, dataset.digest, steps, study_key, start)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     """Refuse to run two identical studies at once on this machine (they would duplicate steps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,12 +227,13 @@ def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, step
             for phase in ("train", "evaluate"):
                 pending = {}
                 for step in (s for s in todo if s.entry == phase):
-                    discard_unfinished(experiment_id, step.key)
+                    discard_unfinished(experiment_id, step)
                     future = pool.submit(_run_step, step, parent.info.run_id, experiment_id, config.cache_dir,
                                          config.device, str(log_dir), threads)
                     pending[future] = step
                 while pending:
-                    bar.set_postfix(running=min(config.jobs, len(pending)), left=len(pending))
+                    running = min(config.jobs, len(pending))
+                    bar.set_postfix(running=running, waiting=len(pending) - running)
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         step = pending.pop(future)

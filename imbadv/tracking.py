@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any
 
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Run
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 
 from imbadv.config import ModelSelection, as_params
@@ -42,6 +44,9 @@ TAG_SOURCE = "imbadv.source"
 TAG_ATTACK = "imbadv.attack"
 TAG_EPS = "imbadv.eps"
 TAG_STEP_KEY = "imbadv.step_key"
+TAG_TRAIN_KEY = "imbadv.train_key"
+TAG_HOST = "imbadv.host"
+TAG_PID = "imbadv.pid"
 TAG_STUDY_KEY = "imbadv.study_key"
 
 # Artifact paths.
@@ -49,6 +54,7 @@ MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "config.json"
 TRAIN_INDICES_ARTIFACT = "sampling/train_indices.csv"
 VAL_INDICES_ARTIFACT = "sampling/val_indices.csv"
+CHECKPOINT_ARTIFACT = "checkpoint/last.pt"
 CONFUSION_DIR = "confusion"
 PER_CLASS_ARTIFACT = "per_class.csv"
 GRID_ARTIFACT = "examples/adversarial_grid.png"
@@ -116,22 +122,39 @@ def current_step_key() -> str | None:
 
 
 @contextmanager
-def job_run(job: str, run_name: str) -> Iterator[mlflow.ActiveRun]:
-    """The run a job logs into: the one `mlflow run` created (MLFLOW_RUN_ID) or a new one.
+def job_run(job: str, run_name: str, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The run a job logs into: `run_id` (resuming it), the one `mlflow run` created, or a new one.
 
     On any exception the run gets an `imbadv.error` tag and ends FAILED; the exception propagates.
     """
     if mlflow.active_run() is None and not _env_run_id() and not os.environ.get("MLFLOW_EXPERIMENT_ID") \
             and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=None if _env_run_id() else run_name, tags=_STEP_TAGS.get() or None) as run:
-        mlflow.set_tags({TAG_JOB: job, **provenance_tags()})
+    name = None if (_env_run_id() or run_id) else run_name
+    with mlflow.start_run(run_id=run_id, run_name=name, tags=None if run_id else _STEP_TAGS.get()) as run:
+        mlflow.set_tags({TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+                         **provenance_tags()})
         try:
             yield run
         except BaseException as error:
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             mlflow.set_tag(TAG_ERROR, message[:5000])
             raise
+
+
+def process_is_gone(run: Run) -> bool:
+    """Whether the process that last wrote to `run` has ended (only knowable on the same host)."""
+    if run.info.status == "KILLED":
+        return True
+    if run.data.tags.get(TAG_HOST) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(run.data.tags.get(TAG_PID, "0")), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return int(run.data.tags.get(TAG_PID, "0")) <= 0
 
 
 def _env_run_id() -> str | None:

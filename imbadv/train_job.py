@@ -6,6 +6,10 @@ with PyTorch on at least 99.9% of the test images.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +18,11 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 
 from imbadv import metrics, registry, tracking
-from imbadv.config import TrainConfig, resolve_train_config
-from imbadv.data import ImageDataset, load_dataset, sha256_file
+from imbadv.config import ConfigError, TrainConfig, resolve_train_config
+from imbadv.data import DataError, ImageDataset, load_dataset, sha256_file
 from imbadv.export import compare_with_torch, export_onnx, onnx_session
 from imbadv.inference import predict_logits, resolve_device
 from imbadv.model import VGG, VGGSpec
@@ -46,23 +51,74 @@ def run_name(options: dict[str, Any]) -> str:
     return f"train-{sampling}{class_part}-{options.get('preset') or 'paper'}-s{options.get('seed') or 0}"
 
 
-def run_train(**options: Any) -> TrainOutcome:
-    """Resolve the config from `options` (None = the preset's value) and run the whole train job."""
-    with tracking.job_run("train", run_name(options)) as run:
+def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
+    """Resolve the config from `options` (None = the preset's value) and run the whole train job.
+
+    A run of the same config and code that was killed (RUNNING or KILLED) is resumed from its last
+    checkpoint, as is the run `resume` names; under `mlflow run` the project's run is used.
+    """
+    resume_id = resume or (None if os.environ.get("MLFLOW_RUN_ID") else resumable_run(options))
+    with tracking.job_run("train", run_name(options), run_id=resume_id) as run:
         config = resolve_train_config(**options)
         tracking.log_config(config)
+        mlflow.set_tag(tracking.TAG_TRAIN_KEY, train_key(config))
         device = resolve_device(config.device)
         mlflow.set_tag("imbadv.device", str(device))
         dataset = load_dataset(config.data, config.cache_dir)
+        recorded = run.data.tags.get(tracking.TAG_DATASET_DIGEST)
+        if recorded and recorded != dataset.digest:
+            raise DataError(f"the data at {config.data} changed since run {run.info.run_id} started: train "
+                            "afresh in a new run (do not pass --resume)")
         tracking.log_dataset(dataset, "training")
-        network = _train_network(config, dataset, device)
+        checkpoint = _load_checkpoint(run.info.run_id) if resume_id else None
+        network = _train_network(config, dataset, device, checkpoint)
         test_logits = predict_logits(network, torch.from_numpy(dataset.test_images).to(device),
                                      config.eval_batch_size)
         _log_test_metrics(test_logits.argmax(1).cpu().numpy(), dataset)
         return _export_and_register(config, dataset, network, test_logits, run.info.run_id, device)
 
 
-def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.device) -> VGG:
+def train_key(config: TrainConfig) -> str:
+    """Identity of a training: every config value but where it runs, and the code version."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "device")}
+    payload = json.dumps({"config": values, "code": tracking.git_commit()}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def resumable_run(options: dict[str, Any]) -> str | None:
+    """The newest run of the same training whose process died (left RUNNING, or KILLED), if any."""
+    try:
+        key = train_key(resolve_train_config(**options))
+    except ConfigError:
+        return None  # the run about to start records the error
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=20,
+                              filter_string=f"tags.`{tracking.TAG_TRAIN_KEY}` = '{key}' and "
+                                            "attributes.status != 'FINISHED' and attributes.status != 'FAILED'",
+                              order_by=["attributes.start_time DESC"])
+    orphans = [run for run in runs if tracking.process_is_gone(run)]  # never take over a live run
+    return orphans[0].info.run_id if orphans else None
+
+
+def _load_checkpoint(run_id: str) -> dict | None:
+    """The last end-of-epoch checkpoint of a run (tensors and numbers only), or None."""
+    client = MlflowClient()
+    folder = tracking.CHECKPOINT_ARTIFACT.rsplit("/", 1)[0]
+    if not any(a.path == tracking.CHECKPOINT_ARTIFACT for a in client.list_artifacts(run_id, folder)):
+        return None
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=tracking.CHECKPOINT_ARTIFACT)
+    print(f"resuming run {run_id} from its checkpoint")
+    return torch.load(path, weights_only=True)
+
+
+def _save_checkpoint(state: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(tracking.CHECKPOINT_ARTIFACT).name
+        torch.save(state, path)
+        mlflow.log_artifact(str(path), tracking.CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
+
+
+def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.device,
+                   checkpoint: dict | None) -> VGG:
     split = sample_split(dataset.train_labels, config, dataset.num_classes)
     mlflow.log_text("\n".join(map(str, split.train.tolist())), tracking.TRAIN_INDICES_ARTIFACT)
     mlflow.log_text("\n".join(map(str, split.val.tolist())), tracking.VAL_INDICES_ARTIFACT)
@@ -77,7 +133,8 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     as_tensor = lambda array: torch.from_numpy(array).to(device)  # noqa: E731
     result = train(network, as_tensor(dataset.train_images[split.train]), as_tensor(dataset.train_labels[split.train]),
                    as_tensor(dataset.train_images[split.val]), as_tensor(dataset.train_labels[split.val]), config,
-                   on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch))
+                   on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch),
+                   on_checkpoint=_save_checkpoint, resume_from=checkpoint)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
     mlflow.set_tag("imbadv.stopped_early", str(result.stopped_early))
     return network

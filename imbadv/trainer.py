@@ -64,11 +64,14 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
           val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig,
-          on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochMetrics], None] | None = None,
+          on_checkpoint: Callable[[dict], None] | None = None, resume_from: dict | None = None) -> TrainResult:
     """Train `model` in place on uint8 images (N, 3, 32, 32) already on its device.
 
     Stops after `config.patience` epochs without a lower validation loss or at `config.epochs`,
-    and leaves the model holding the best epoch's weights.
+    and leaves the model holding the best epoch's weights. After every epoch `on_checkpoint` gets
+    the whole training state (plain tensors and numbers); `resume_from` continues from such a
+    state, giving the same weights as an uninterrupted run.
     """
     device = next(model.parameters()).device
     optimizer, scheduler = keras_rmsprop(model.parameters(), config.lr, config.rho,
@@ -76,9 +79,23 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
     generator = torch.Generator().manual_seed(config.seed)
     result = TrainResult()
     best_loss, best_state, since_best = float("inf"), None, 0
+    first_epoch = 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        generator.set_state(resume_from["generator"])
+        torch.set_rng_state(resume_from["torch_rng"])
+        best_loss, since_best = resume_from["best_loss"], resume_from["since_best"]
+        best_state = resume_from["best_state"] or None
+        result.best_epoch, result.stopped_early = resume_from["best_epoch"], resume_from["stopped_early"]
+        result.history = [EpochMetrics(**m) for m in resume_from["history"]]
+        first_epoch = resume_from["epochs_done"]
     steps = (len(train_images) + config.batch_size - 1) // config.batch_size
 
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
+        if result.stopped_early:
+            break
         model.train()
         order = torch.randperm(len(train_images), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -121,9 +138,13 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
             result.best_epoch = epoch + 1
         else:
             since_best += 1
-            if since_best >= config.patience:
-                result.stopped_early = True
-                break
+            result.stopped_early = since_best >= config.patience
+        if on_checkpoint is not None:
+            on_checkpoint({"epochs_done": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                           "torch_rng": torch.get_rng_state(), "best_loss": best_loss, "since_best": since_best,
+                           "best_state": best_state or {}, "best_epoch": result.best_epoch,
+                           "stopped_early": result.stopped_early, "history": [vars(m) for m in result.history]})
 
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -181,3 +181,14 @@ def test_a_malicious_pickle_in_place_of_the_weights_is_refused_unexecuted(store,
     with pytest.raises(RegistryError, match="is not a safetensors file"):
         run_evaluate(**smoke(small_data, session_cache))
     assert not marker.exists()
+
+
+def test_nan_loss_stops_training_with_a_failed_run_and_nothing_registered(store, small_data, session_cache):
+    from imbadv.trainer import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 1: lower --lr"):
+        run_train(**smoke(small_data, session_cache, lr=1e12))
+    client = MlflowClient()
+    (run,) = client.search_runs(["1"])
+    assert run.info.status == "FAILED" and "training loss became nan" in run.data.tags[tracking.TAG_ERROR]
+    assert client.search_registered_models() == []
