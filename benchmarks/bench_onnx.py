@@ -1,0 +1,35 @@
+"""onnxruntime CPU inference against PyTorch eager inference on the same batch and model.
+
+    python benchmarks/bench_onnx.py [--width 16] [--batch 500] [--images 2000]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from common import arguments, model, print_table, test_images, timed
+
+from imbadv.export import export_onnx, onnx_logits, onnx_session
+from imbadv.inference import predict_logits
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    images, _ = test_images(args)
+    network = model(args.width)
+    tensor = torch.from_numpy(images)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = onnx_session(export_onnx(network, Path(tmp) / "model.onnx"))
+        seconds = {
+            "pytorch eager fp32 (inference_mode)": timed(lambda: predict_logits(network, tensor, args.batch), args.repeats),
+            "pytorch eager bf16 autocast": timed(lambda: predict_logits(network, tensor, args.batch, "bf16"), args.repeats),
+            "onnxruntime CPUExecutionProvider fp32": timed(lambda: onnx_logits(session, images, args.batch), args.repeats),
+        }
+    print_table(f"Inference, VGG width {args.width}, batch {args.batch}", len(images), seconds,
+                "pytorch eager fp32 (inference_mode)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Our training epoch against a plain PyTorch loop: torchvision-style dataset, DataLoader, ToTensor + Normalize.
+
+Same model, batch, images, optimiser and threads, measured side by side in one run, fp32 unless
+stated. Ours keeps the uint8 images in one tensor on the device and indexes batches there.
+
+    python benchmarks/bench_train.py [--width 16] [--batch 64] [--images 4096]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import arguments, model, print_table, test_images, timed
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import VisionDataset
+
+from imbadv.config import TrainConfig
+from imbadv.model import CIFAR10_MEAN, CIFAR10_STD, VGG, VGGSpec
+from imbadv.optim import keras_rmsprop
+from imbadv.trainer import train
+
+
+class ArrayDataset(VisionDataset):
+    """What torchvision's CIFAR10 does per item: uint8 HWC array -> PIL image -> transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__(root="", transform=transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)]))
+        self.images, self.labels = np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def main() -> None:
+    args = arguments(__doc__, batch=64, images=4096)
+    images, labels = test_images(args, train=True)
+    config = TrainConfig(preset="cpu", width=args.width, batch_size=args.batch, lr=1e-3, epochs=1, patience=1)
+
+    def ours(precision: str = "fp32"):
+        network = model(args.width)
+        x, y = torch.from_numpy(images), torch.from_numpy(labels)
+        train(network, x, y, x[:args.batch], y[:args.batch], dataclasses.replace(config, precision=precision))
+
+    loader = DataLoader(ArrayDataset(images, labels), batch_size=args.batch, shuffle=True, num_workers=0)
+
+    def plain_loop():
+        torch.manual_seed(0)
+        network = VGG(dataclasses.replace(VGGSpec(width=args.width), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+        optimizer, scheduler = keras_rmsprop(network.parameters(), config.lr, config.rho, config.optimizer_eps,
+                                             config.decay)
+        network.train()
+        for xb, yb in loader:
+            loss = F.cross_entropy(network(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+    seconds = {"plain loop: DataLoader, ToTensor + Normalize": timed(plain_loop, args.repeats),
+               "imbadv trainer, fp32": timed(ours, args.repeats),
+               "imbadv trainer, bf16 autocast": timed(lambda: ours("bf16"), args.repeats)}
+    print_table(f"Training epoch, VGG width {args.width}, batch {args.batch}", len(images), seconds,
+                "plain loop: DataLoader, ToTensor + Normalize")
+
+
+if __name__ == "__main__":
+    main()
