@@ -37,32 +37,36 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# (label, sampling of the attacked model, gradient source) of every attacked model of Table 1.
+ATTACKED = (("balanced, white-box", "balanced", "self"), ("under, white-box", "under", "self"),
+            ("over, white-box", "over", "self"), ("under, black-box", "under", "balanced"),
+            ("over, black-box", "over", "balanced"))
+
+
+def _per_class_bars(results: StudyResults, path: Path, eps: float, metric: str,
+                    models: tuple[tuple[str, str, str], ...], ylabel: str, title: str) -> Path:
+    """Bars of `metric` on class c for each model (label, sampling, source), grouped by class."""
+    names = results.class_names
+    series = {label: [Estimate(cell_values(results, eps, sampling, source, c, metric)) for c in range(len(names))]
+              for label, sampling, source in models}
+    fig, ax = plt.subplots(figsize=(9 + len(models) / 5, 4.5))
+    _grouped_bars(ax, names, series)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} ({results.dataset}, {results.preset} preset)")
+    return _save(fig, path)
+
+
 def clean_accuracy(results: StudyResults, path: Path, eps: float = TABLE1_EPS) -> Path:
     """Figure 3: clean accuracy on class c of the balanced, under-sampled(c) and over-sampled(c) models."""
-    names = results.class_names
-    series = {label: [Estimate(cell_values(results, eps, sampling, "self", c, "clean_acc")) for c in range(len(names))]
-              for label, sampling in (("balanced", "balanced"), ("under-sampled c", "under"), ("over-sampled c", "over"))}
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    _grouped_bars(ax, names, series)
-    ax.set_ylabel("clean accuracy on class c (%)")
-    ax.set_title(f"Clean accuracy of each model on its class c ({results.dataset}, {results.preset} preset)")
-    return _save(fig, path)
+    models = (("balanced", "balanced", "self"), ("under-sampled c", "under", "self"), ("over-sampled c", "over", "self"))
+    return _per_class_bars(results, path, eps, "clean_acc", models, "clean accuracy on class c (%)",
+                           "Clean accuracy of each model on its class c")
 
 
 def relative_drop(results: StudyResults, path: Path, eps: float = TABLE1_EPS) -> Path:
     """Figure 5: relative accuracy drop on class c, (clean - adversarial) / clean, per model and attack."""
-    names = results.class_names
-    series = {label: [Estimate(cell_values(results, eps, sampling, source, c, "rel_drop")) for c in range(len(names))]
-              for label, sampling, source in (("balanced, white-box", "balanced", "self"),
-                                              ("under, white-box", "under", "self"),
-                                              ("over, white-box", "over", "self"),
-                                              ("under, black-box", "under", "balanced"),
-                                              ("over, black-box", "over", "balanced"))}
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    _grouped_bars(ax, names, series)
-    ax.set_ylabel("relative drop on class c (%)")
-    ax.set_title(f"Relative accuracy drop under FGSM, eps={eps:g} ({results.dataset}, {results.preset} preset)")
-    return _save(fig, path)
+    return _per_class_bars(results, path, eps, "rel_drop", ATTACKED, "relative drop on class c (%)",
+                           f"Relative accuracy drop under FGSM, eps={eps:g}")
 
 
 def confusions(results: StudyResults, path: Path, eps: float = TABLE1_EPS) -> Path:
@@ -92,11 +96,7 @@ def robustness_curves(results: StudyResults, path: Path) -> Path:
     """Target-class accuracy against eps, averaged over classes: one line per sampling and attack."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     n = len(results.class_names)
-    for label, sampling, source, style in (("balanced, white-box", "balanced", "self", "k-"),
-                                           ("under, white-box", "under", "self", "r-"),
-                                           ("over, white-box", "over", "self", "b-"),
-                                           ("under, black-box", "under", "balanced", "r--"),
-                                           ("over, black-box", "over", "balanced", "b--")):
+    for (label, sampling, source), style in zip(ATTACKED, ("k-", "r-", "b-", "r--", "b--")):
         means = [np.nanmean([Estimate(cell_values(results, eps, sampling, source, c)).mean for c in range(n)]) * 100
                  for eps in results.eps_values]
         ax.plot(results.eps_values, means, style, marker="o", label=label)

@@ -10,7 +10,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from imbadv import figures
-from imbadv.report import (COLUMNS, TABLE1_EPS, Estimate, claims, column_means, paper_column_means, table1)
+from imbadv.report import (COLUMNS, TABLE1_EPS, Estimate, cell_values, claims, column_means, paper_column_means,
+                           table1)
 from imbadv.results import StudyResults
 
 BEYOND = (  # (column, sampling, source, metric): the measures that separate vulnerability from accuracy
@@ -40,8 +41,6 @@ def _table1_markdown(results: StudyResults, eps: float) -> tuple[list[list[str]]
 
 
 def _beyond_rows(results: StudyResults, eps: float) -> tuple[list[str], list[list[str]]]:
-    from imbadv.report import cell_values
-
     header = ["class"] + [c for c, _, _, _ in BEYOND]
     body = [[name] + [Estimate(cell_values(results, eps, s, src, k, m)).text() for _, s, src, m in BEYOND]
             for k, name in enumerate(results.class_names)]
