@@ -147,7 +147,8 @@ def discard_unfinished(experiment_id: str, step: Step) -> None:
     keep = ("RUNNING", "KILLED") if step.entry == "train" else ()
     for run in client.search_runs([experiment_id], filter_string=f"tags.`{tracking.TAG_STEP_KEY}` = '{step.key}' "
                                   "and attributes.status != 'FINISHED'"):
-        if run.info.status not in keep:
+        resumable = run.info.status in keep and tracking.TAG_TRAIN_KEY in run.data.tags  # killed before its key
+        if not resumable:
             client.delete_run(run.info.run_id)
 
 
