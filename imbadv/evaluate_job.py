@@ -23,7 +23,7 @@ from imbadv.attacks import fgsm_with_logits, run_attack
 from imbadv.config import ConfigError, EvaluateConfig, resolve_evaluate_config
 from imbadv.data import ImageDataset, load_dataset
 from imbadv.export import onnx_logits, onnx_session
-from imbadv.inference import autocast, resolve_device, to_unit
+from imbadv.inference import autocast, resolve_device, set_layout, to_unit
 from imbadv.registry import RegisteredModel, RegistryError, load_registered
 from imbadv.train_job import OnnxMismatch
 
@@ -107,6 +107,8 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
 def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: ImageDataset,
                     config: EvaluateConfig, device: torch.device) -> AttackResult:
     """Craft adversarial test images with the source's gradient and classify them with the target."""
+    for network in {id(m.network): m.network for m in (target, source)}.values():
+        set_layout(network, config.channels_last)
     images = torch.from_numpy(dataset.test_images).to(device)
     labels = torch.from_numpy(dataset.test_labels).to(device)
     attack = config.attack_config()

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from imbadv import tracking
-from imbadv.config import ConfigError, PRESETS, default_cache_dir
+from imbadv.config import PRESETS, ConfigError, default_cache_dir
 from imbadv.data import load_dataset
 
 try:
@@ -183,7 +183,7 @@ def run_study(config: StudyConfig) -> StudyOutcome:
     """Run (or complete) a study and return what ran, what was reused and what failed."""
     start = time.monotonic()
     dataset = load_dataset(config.data, config.cache_dir)
-    code = tracking.git_commit()
+    code = tracking.code_version()
     steps = plan(config, dataset.num_classes, dataset.digest, code)
     study_key = step_key("study", asdict(config) | {"force": False, "jobs": 0}, dataset.digest, code)
     with _exclusive(Path(config.cache_dir).expanduser() / "locks" / f"study-{study_key}.lock"):

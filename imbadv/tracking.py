@@ -9,6 +9,7 @@ package versions, device and the dataset digest.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -23,8 +24,8 @@ from typing import Any
 
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Run
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
+from mlflow.entities import Run
 
 from imbadv.config import ModelSelection, as_params
 from imbadv.data import ImageDataset
@@ -37,6 +38,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TAG_JOB = "imbadv.job"
 TAG_ERROR = "imbadv.error"
 TAG_GIT_COMMIT = "imbadv.git_commit"
+TAG_CODE_VERSION = "imbadv.code_version"
 TAG_DATASET = "imbadv.dataset"
 TAG_DATASET_DIGEST = "imbadv.dataset_digest"
 TAG_TARGET = "imbadv.target"
@@ -92,8 +94,24 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def code_version(package: Path = PACKAGE_DIR) -> str:
+    """SHA-256 (first 16 hex digits) of the package's own source and reference files.
+
+    Reuse keys depend on this rather than on the git commit, so that edits outside the package
+    (docs, tests, benchmarks) leave finished steps reusable, while any change to what is computed
+    makes them stale.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".csv", ".json") and p.is_file()):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def provenance_tags() -> dict[str, str]:
-    tags = {TAG_GIT_COMMIT: git_commit(), "imbadv.python": platform.python_version()}
+    tags = {TAG_GIT_COMMIT: git_commit(), TAG_CODE_VERSION: code_version(), "imbadv.python": platform.python_version()}
     for package in PACKAGES:
         try:
             tags[f"imbadv.version.{package}"] = metadata.version(package)

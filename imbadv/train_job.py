@@ -81,7 +81,7 @@ def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
 def train_key(config: TrainConfig) -> str:
     """Identity of a training: every config value but where it runs, and the code version."""
     values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "device")}
-    payload = json.dumps({"config": values, "code": tracking.git_commit()}, sort_keys=True, default=str)
+    payload = json.dumps({"config": values, "code": tracking.code_version()}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -130,7 +130,7 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     seed_everything(config.seed)
     network = VGG(VGGSpec(num_classes=dataset.num_classes, width=config.width, dense_units=config.dense_units,
                           dropout=config.dropout, batch_norm=config.batch_norm)).to(device)
-    as_tensor = lambda array: torch.from_numpy(array).to(device)  # noqa: E731
+    as_tensor = lambda array: torch.from_numpy(array).to(device)
     result = train(network, as_tensor(dataset.train_images[split.train]), as_tensor(dataset.train_labels[split.train]),
                    as_tensor(dataset.train_images[split.val]), as_tensor(dataset.train_labels[split.val]), config,
                    on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch),
@@ -172,6 +172,7 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
                 "class_name": "" if config.class_id is None else dataset.class_names[config.class_id],
                 "preset": config.preset, "seed": str(config.seed), "dataset": dataset.name,
                 "dataset_digest": dataset.digest, "git_commit": tracking.git_commit(),
+                "code_version": tracking.code_version(),
                 "onnx_sha256": sha256_file(files["onnx"]), "weights_sha256": sha256_file(files["weights"]),
                 "run_id": run_id}
         if step_key := tracking.current_step_key():

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imbadv.config import TrainConfig
-from imbadv.inference import autocast, predict_logits, to_unit
+from imbadv.inference import autocast, predict_logits, set_layout, to_unit
 from imbadv.optim import keras_rmsprop
 
 
@@ -71,9 +71,11 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
     Stops after `config.patience` epochs without a lower validation loss or at `config.epochs`,
     and leaves the model holding the best epoch's weights. After every epoch `on_checkpoint` gets
     the whole training state (plain tensors and numbers); `resume_from` continues from such a
-    state, giving the same weights as an uninterrupted run.
+    state, giving the same weights as an uninterrupted run. With `config.channels_last` the steps
+    run in that layout; the model is returned in the default layout either way.
     """
     device = next(model.parameters()).device
+    set_layout(model, config.channels_last)
     optimizer, scheduler = keras_rmsprop(model.parameters(), config.lr, config.rho,
                                          config.optimizer_eps, config.decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -148,5 +150,6 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
 
     if best_state is not None:
         model.load_state_dict(best_state)
+    set_layout(model, channels_last=False)
     model.eval()
     return result

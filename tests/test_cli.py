@@ -27,7 +27,7 @@ def invoke(*args: str):
 
 @pytest.mark.parametrize(("command", "config"), [("train", TrainConfig), ("evaluate", EvaluateConfig)])
 def test_every_config_field_is_a_kebab_case_option(command, config):
-    help_text = invoke(command, "--help").output
+    help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"}).output
     for field in dataclasses.fields(config):
         assert "--" + field.name.replace("_", "-") in help_text
 

@@ -136,6 +136,7 @@ def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
 
 def test_source_trained_on_other_data_is_refused(store, small_data, extracted, tmp_path, session_cache):
     from conftest import make_slice
+
     from imbadv.registry import RegistryError
 
     other = make_slice(extracted, tmp_path / "other" / "cifar10-small", 110, 30)  # same name, other images
