@@ -30,11 +30,12 @@ app.add_typer(models_app, name="models")
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from imbadv.registry import RegistryError
+    from imbadv.store import StoreUnreachable
     from imbadv.study import StudyFailed
     from imbadv.train_job import OnnxMismatch
     from imbadv.trainer import TrainingDiverged
 
-    return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged, StudyFailed
+    return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged, StudyFailed, StoreUnreachable
 
 
 def _option_type(hint: Any) -> type:
@@ -108,9 +109,11 @@ def report(preset: str = typer.Option(StudyConfig.preset, help="Preset of the st
            data: str = typer.Option(StudyConfig.data, help="Data source of the study, as for train."),
            output_dir: str = typer.Option("reports", help="Folder for <dataset>-<preset>/.")) -> None:
     """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
+    from imbadv import store
     from imbadv.report_output import run_report
 
     try:
+        store.prepare()
         run_report(preset, data, output_dir)
     except _known_errors() as error:
         typer.echo(f"imbadv: error: {error}", err=True)
@@ -135,9 +138,15 @@ def models_list(ctx: typer.Context,
     """List registered models with their versions, aliases and key metrics."""
     if ctx.invoked_subcommand is not None:
         return
+    from imbadv import store
     from imbadv.registry import list_registered
 
-    models = list_registered()
+    try:
+        store.prepare()
+        models = list_registered()
+    except _known_errors() as error:
+        typer.echo(f"imbadv: error: {error}", err=True)
+        raise typer.Exit(code=1) from None
     if as_json:
         typer.echo(json.dumps(models, indent=2))
         return
@@ -155,11 +164,13 @@ def models_list(ctx: typer.Context,
 def models_show(name: str = typer.Argument(..., help="Registered model name, e.g. imbadv-cifar10-balanced."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")) -> None:
     """Show one registered model: every version with its aliases, tags and metrics."""
-    from imbadv.registry import RegistryError, describe
+    from imbadv import store
+    from imbadv.registry import describe
 
     try:
+        store.prepare()
         model = describe(name)
-    except RegistryError as error:
+    except _known_errors() as error:
         typer.echo(f"imbadv: error: {error}", err=True)
         raise typer.Exit(code=1) from None
     if as_json:

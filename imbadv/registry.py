@@ -8,7 +8,6 @@ Their SHA-256 sums are version tags, checked whenever the version is loaded.
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from mlflow.types import Schema, TensorSpec
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from imbadv import tracking
+from imbadv import store, tracking
 from imbadv.data import sha256_file
 from imbadv.model import VGG, VGGSpec
 
@@ -34,6 +33,7 @@ WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model_spec.json"
 ONNX_FILE = "model.onnx"
 PIP_REQUIREMENTS = ["mlflow>=3", "numpy", "onnxruntime"]
+TAG_ALIAS = "alias"  # version tag: the alias (<preset>-s<seed>) the version was registered for
 
 
 class RegistryError(LookupError):
@@ -79,20 +79,30 @@ def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[s
         info = mlflow.pyfunc.log_model(name=tracking.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
                                        artifacts={k: str(v) for k, v in files.items()},
                                        pip_requirements=PIP_REQUIREMENTS, signature=signature)
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client = MlflowClient()
-    _retry(lambda: client.set_registered_model_alias(name, alias, version.version))
+    version = store.call(mlflow.register_model, info.model_uri, name, tags={**tags, TAG_ALIAS: alias})
+    point_alias_at_newest(name, alias)
     return version
 
 
-def _retry(action, attempts: int = 5):
-    for attempt in range(attempts):
-        try:
-            return action()
-        except MlflowException as error:
-            if "locked" not in str(error) or attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * 2**attempt)
+def point_alias_at_newest(name: str, alias: str) -> int:
+    """Point `alias` at the newest version registered for it, and return that version.
+
+    Processes registering the same name at once may each set the alias; each one checks after
+    setting it and sets it again while a newer version exists, so the alias ends on the newest.
+    """
+    client = MlflowClient()
+    newest = _newest_version(client, name, alias)
+    while True:
+        store.call(client.set_registered_model_alias, name, alias, str(newest))
+        latest = _newest_version(client, name, alias)
+        if latest == newest:
+            return newest
+        newest = latest
+
+
+def _newest_version(client: MlflowClient, name: str, alias: str) -> int:
+    versions = store.call(client.search_model_versions, f"name = '{name}'")
+    return max(int(v.version) for v in versions if v.tags.get(TAG_ALIAS) == alias)
 
 
 def resolve_version(uri: str) -> ModelVersion:

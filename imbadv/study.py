@@ -24,7 +24,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from imbadv import tracking
+from imbadv import store, tracking
 from imbadv.config import PRESETS, ConfigError, default_cache_dir
 from imbadv.data import load_dataset
 
@@ -164,7 +164,7 @@ def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id  # steps go where their parent is
     torch.set_num_threads(threads)
     log_path = Path(log_dir) / f"{step.key}.log"
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+    with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
             tracking.step_tags(parent_run_id, step.key):
         job = run_train if step.entry == "train" else run_evaluate
         return job(**dict(step.options), cache_dir=cache_dir, device=device).run_id
@@ -207,10 +207,9 @@ def _exclusive(path: Path) -> Iterator[None]:
 def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, steps: list[Step], study_key: str,
                start: float) -> StudyOutcome:
     under_project = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` made the study's run
-    if not under_project:
-        mlflow.set_experiment(tracking.EXPERIMENT)
+    store.prepare(None if under_project else tracking.EXPERIMENT)
     parent_id = None if under_project else _existing_parent(study_key)
-    with mlflow.start_run(run_id=parent_id, run_name=f"study-{dataset_name}-{config.preset}") as parent:
+    with store.call(mlflow.start_run, run_id=parent_id, run_name=f"study-{dataset_name}-{config.preset}") as parent:
         mlflow.set_tags({tracking.TAG_JOB: "study", tracking.TAG_STUDY_KEY: study_key, **tracking.provenance_tags(),
                          tracking.TAG_DATASET: dataset_name, tracking.TAG_DATASET_DIGEST: dataset_digest})
         if parent_id is None:

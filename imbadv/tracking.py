@@ -27,6 +27,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.entities import Run
 
+from imbadv import store
 from imbadv.config import ModelSelection, as_params
 from imbadv.data import ImageDataset
 
@@ -145,19 +146,23 @@ def job_run(job: str, run_name: str, run_id: str | None = None) -> Iterator[mlfl
 
     On any exception the run gets an `imbadv.error` tag and ends FAILED; the exception propagates.
     """
-    if mlflow.active_run() is None and not _env_run_id() and not os.environ.get("MLFLOW_EXPERIMENT_ID") \
-            and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        mlflow.set_experiment(EXPERIMENT)
+    chosen_elsewhere = mlflow.active_run() is not None or _env_run_id() or os.environ.get("MLFLOW_EXPERIMENT_ID") \
+        or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    store.prepare(None if chosen_elsewhere else EXPERIMENT)
     name = None if (_env_run_id() or run_id) else run_name
-    with mlflow.start_run(run_id=run_id, run_name=name, tags=None if run_id else _STEP_TAGS.get()) as run:
-        mlflow.set_tags({TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
-                         **provenance_tags()})
-        try:
-            yield run
-        except BaseException as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            mlflow.set_tag(TAG_ERROR, message[:5000])
-            raise
+    run = store.call(mlflow.start_run, run_id=run_id, run_name=name, tags=None if run_id else _STEP_TAGS.get())
+    status = "FINISHED"
+    try:
+        store.call(mlflow.set_tags, {TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+                                     **provenance_tags()})
+        yield run
+    except BaseException as error:
+        status = "FAILED"
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        store.call(mlflow.set_tag, TAG_ERROR, message[:5000])
+        raise
+    finally:
+        store.call(mlflow.end_run, status)
 
 
 def process_is_gone(run: Run) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from imbadv import metrics, registry, tracking
+from imbadv import metrics, registry, store, tracking
 from imbadv.config import ConfigError, TrainConfig, resolve_train_config
 from imbadv.data import DataError, ImageDataset, load_dataset, sha256_file
 from imbadv.export import compare_with_torch, export_onnx, onnx_session
@@ -57,6 +57,7 @@ def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
     A run of the same config and code that was killed (RUNNING or KILLED) is resumed from its last
     checkpoint, as is the run `resume` names; under `mlflow run` the project's run is used.
     """
+    store.prepare()  # answers, and has its schema, before the search for a killed run
     resume_id = resume or (None if os.environ.get("MLFLOW_RUN_ID") else resumable_run(options))
     with tracking.job_run("train", run_name(options), run_id=resume_id) as run:
         config = resolve_train_config(**options)

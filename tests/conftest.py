@@ -88,3 +88,16 @@ def store(tmp_path, monkeypatch) -> str:
         mlflow.end_run()
     for name in STATE_VARIABLES:  # mlflow.set_experiment exports the active experiment
         os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (PostgreSQL-backed in CI), stopped at the end, also on failure."""
+    from tracking_server import TrackingServer
+
+    server = TrackingServer(tmp_path_factory.mktemp("tracking-server"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -104,6 +105,22 @@ def test_cifar10_without_internet_says_how_to_use_a_local_copy(store, tmp_path):
     assert result.exit_code == 1
     assert "could not download CIFAR-10" in result.stderr and "--data PATH" in result.stderr
     assert MlflowClient().search_registered_models() == []
+
+
+@pytest.mark.parametrize("command", [["train", "--preset", "smoke"], ["models"], ["report", "--preset", "smoke"]])
+def test_a_tracking_server_that_does_not_answer_fails_fast_with_one_line(command, small_data, tmp_path, monkeypatch):
+    from tracking_server import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        result = runner.invoke(app, [*command, "--data", str(small_data)] if command[0] != "models" else command)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, f"tracking server {uri} does not answer")
+    assert "MLFLOW_TRACKING_URI" in result.stderr
 
 
 def test_models_lists_and_shows_registered_versions(store, small_data, session_cache):
