@@ -94,6 +94,7 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
         result.history = [EpochMetrics(**m) for m in resume_from["history"]]
         first_epoch = resume_from["epochs_done"]
     steps = (len(train_images) + config.batch_size - 1) // config.batch_size
+    forward = torch.compile(model) if config.torch_compile else model  # shares the model's parameters
 
     for epoch in range(first_epoch, config.epochs):
         if result.stopped_early:
@@ -110,7 +111,7 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
             if config.augment:
                 images = _augment(images, generator)
             with autocast(device, config.precision):
-                logits = model(images)
+                logits = forward(images)
                 loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,7 +1,8 @@
 """The fast paths against plain references: exact ones bit-identical, layout ones within fp32 rounding.
 
 Exact: images held as one uint8 tensor and indexed per batch, against a DataLoader feeding the same
-batches as float tensors. Within fp32 rounding: the evaluation batch size and channels_last.
+batches as float tensors. Within fp32 rounding: the evaluation batch size, channels_last and
+torch.compile.
 """
 
 from __future__ import annotations
@@ -78,20 +79,29 @@ def test_evaluation_batch_size_keeps_predictions_and_logits_to_rounding():
         assert torch.equal(batched.argmax(1), whole.argmax(1)), batch_size
 
 
-def test_channels_last_training_stays_within_rmsprop_step_bound_and_returns_the_default_layout():
+def _assert_within_rmsprop_step_bound(fast_option: dict) -> None:
     """RMSprop divides by the gradient's running RMS, so a rounding-level difference in a near-zero
     gradient can move a weight by up to lr per step: weights stay within lr x steps, predictions agree."""
     images, labels = _images(120)
     config = dataclasses.replace(SMOKE, epochs=1)
     default, fast = _model(), _model()
     train(default, images, labels, images[:16], labels[:16], config)
-    train(fast, images, labels, images[:16], labels[:16], dataclasses.replace(config, channels_last=True))
+    train(fast, images, labels, images[:16], labels[:16], dataclasses.replace(config, **fast_option))
     bound = config.lr * len(images) / config.batch_size
     for (name, a), b in zip(default.state_dict().items(), fast.state_dict().values()):
         assert b.is_contiguous(), f"{name} left in channels_last"
         assert (a - b).abs().max().item() <= bound, name
     agree = (predict_logits(default, images, 64).argmax(1) == predict_logits(fast, images, 64).argmax(1))
     assert agree.float().mean().item() >= 0.95
+
+
+def test_channels_last_training_stays_within_rmsprop_step_bound_and_returns_the_default_layout():
+    _assert_within_rmsprop_step_bound({"channels_last": True})
+
+
+@pytest.mark.slow
+def test_compiled_training_stays_within_rmsprop_step_bound():
+    _assert_within_rmsprop_step_bound({"torch_compile": True})
 
 
 def test_channels_last_attack_gives_the_same_adversarial_images():
@@ -105,9 +115,13 @@ def test_channels_last_attack_gives_the_same_adversarial_images():
     assert equal >= 0.999  # only a near-zero gradient's sign may flip
 
 
-def test_cpu_preset_turns_channels_last_on_and_paper_keeps_the_default_layout():
+def test_cpu_preset_turns_channels_last_on_and_paper_keeps_the_defaults():
     assert resolve_train_config(preset="cpu").channels_last is True
-    assert resolve_train_config(preset="paper").channels_last is False
+    paper = resolve_train_config(preset="paper")
+    assert (paper.channels_last, paper.torch_compile, paper.precision) == (False, False, "fp32")
+    fast = resolve_train_config(preset="paper-fast")
+    assert (fast.channels_last, fast.torch_compile, fast.precision) == (True, True, "bf16")
+    assert (fast.width, fast.lr, fast.batch_size) == (paper.width, paper.lr, paper.batch_size)
     assert resolve_train_config(preset="cpu", channels_last=False).channels_last is False
 
 

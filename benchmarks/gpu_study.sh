@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole study on one GPU: train the 21 models, run the 41 attack evaluations, build the report,
+# against a fresh local SQLite store; then write a JSON of wall time per phase, training images/s,
+# the GPU's name and the torch version (benchmarks/study_timing.py).
+#
+#   benchmarks/gpu_study.sh [--device cuda] [--preset paper-fast] [--data cifar10|PATH] [--classes all]
+#                           [--jobs 4] [--budget 540] [--out gpu-study]
+#
+# --budget caps the study's seconds (default 540: 9 minutes). If it runs out, the study is stopped,
+# and the JSON extrapolates each phase from its finished steps and says so. --jobs independent
+# steps share the device, each in its own process. Dry run on a CPU:
+#   benchmarks/gpu_study.sh --device cpu --preset smoke --data ../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz
+set -euo pipefail
+
+DEVICE=cuda PRESET=paper-fast DATA=cifar10 CLASSES=all JOBS=4 BUDGET=540 OUT=gpu-study
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2 ;; --preset) PRESET=$2 ;; --data) DATA=$2 ;; --classes) CLASSES=$2 ;;
+    --jobs) JOBS=$2 ;; --budget) BUDGET=$2 ;; --out) OUT=$2 ;;
+    *) echo "gpu_study.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PYTHON="${PYTHON:-python}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db"
+export IMBADV_CACHE="${IMBADV_CACHE:-$OUT/cache}"
+echo "study: preset $PRESET, device $DEVICE, data $DATA, classes $CLASSES, $JOBS jobs, budget ${BUDGET}s -> $OUT"
+
+EXCEEDED=()
+STATUS=0
+timeout --signal=INT --kill-after=30 "$BUDGET" "$PYTHON" -m imbadv reproduce --preset "$PRESET" --data "$DATA" \
+  --device "$DEVICE" --classes "$CLASSES" --jobs "$JOBS" || STATUS=$?
+if [ "$STATUS" = 124 ] || [ "$STATUS" = 137 ]; then
+  echo "the study ran past its ${BUDGET}s budget: timings below are extrapolated from the finished steps"
+  EXCEEDED=(--budget-exceeded)
+elif [ "$STATUS" != 0 ]; then
+  echo "the study failed (exit $STATUS); see the step logs under $IMBADV_CACHE/logs" >&2
+  exit "$STATUS"
+fi
+
+REPORT=()
+if [ "$STATUS" = 0 ]; then
+  START_MS=$(( $(date +%s%N) / 1000000 ))
+  "$PYTHON" -m imbadv report --preset "$PRESET" --data "$DATA" --output-dir "$OUT/reports"
+  ELAPSED_MS=$(( $(date +%s%N) / 1000000 - START_MS ))
+  REPORT=(--report-seconds "$(printf '%d.%03d' $((ELAPSED_MS / 1000)) $((ELAPSED_MS % 1000)))")
+fi
+"$PYTHON" "$HERE/study_timing.py" --preset "$PRESET" --data "$DATA" --output "$OUT/gpu_study.json" \
+  "${REPORT[@]}" "${EXCEEDED[@]}"

@@ -1,0 +1,95 @@
+"""Wall time per phase of a study, read from its runs in the tracking store, as JSON.
+
+Phases are spans of the runs' own start and end times: training (the 21 models per seed),
+evaluation (the attack runs), and the report (timed by the caller). When only part of the study
+finished (a budget ran out, or `--classes` picked a subset), each phase is extrapolated to the
+whole study from its mean time per finished step, and the JSON says so.
+
+    MLFLOW_TRACKING_URI=sqlite:///study/mlflow.db python benchmarks/study_timing.py --preset paper-fast \
+        --data cifar10 [--report-seconds 12.3] [--output study.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from imbadv import tracking
+
+# One seed and one eps of the paper's study (section 4): 21 trainings, 41 attack evaluations.
+FULL_STUDY = {"train": 21, "evaluate": 41}
+
+
+def phase(runs: list) -> dict:
+    finished = [r for r in runs if r.info.status == "FINISHED" and r.info.end_time]
+    if not finished:
+        return {"steps_finished": 0, "wall_s": 0.0}
+    start = min(r.info.start_time for r in finished)
+    end = max(r.info.end_time for r in finished)
+    return {"steps_finished": len(finished), "wall_s": round((end - start) / 1000, 1),
+            "mean_run_s": round(sum(r.info.end_time - r.info.start_time for r in finished) / len(finished) / 1000, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--data", required=True, help="as given to imbadv reproduce")
+    parser.add_argument("--report-seconds", type=float, default=None)
+    parser.add_argument("--budget-exceeded", action="store_true", help="the study was stopped by its time budget")
+    parser.add_argument("--output", default=None, help="write the JSON here as well as to stdout")
+    args = parser.parse_args()
+
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {job: client.search_runs(experiments, max_results=5000, filter_string=(
+        f"tags.`{tracking.TAG_JOB}` = '{job}' and params.`config.preset` = '{args.preset}' "
+        f"and params.`config.data` = '{args.data}'")) for job in FULL_STUDY}
+    phases = {job: phase(found) for job, found in runs.items()}
+
+    trained = [r for r in runs["train"] if r.info.status == "FINISHED"]
+    image_epochs = sum(float(r.data.params.get("train_images", 0)) * r.data.metrics.get("epochs_run", 0)
+                       for r in trained)
+    train_seconds = sum((r.info.end_time - r.info.start_time) / 1000 for r in trained)
+    balanced = [r for r in trained if r.data.params.get("config.sampling") == "balanced"]
+
+    extrapolated = False
+    for job, full in FULL_STUDY.items():
+        done = phases[job]["steps_finished"]
+        phases[job]["steps_in_full_study"] = full
+        if done == 0:  # nothing to extrapolate from
+            phases[job]["wall_s_full_study_estimate"] = None
+        elif done < full:
+            extrapolated = True
+            phases[job]["wall_s_full_study_estimate"] = round(phases[job]["wall_s"] * full / done, 1)
+        else:
+            phases[job]["wall_s_full_study_estimate"] = phases[job]["wall_s"]
+    if args.report_seconds is not None:
+        phases["report"] = {"wall_s": round(args.report_seconds, 1)}
+    estimates = [p.get("wall_s_full_study_estimate", p["wall_s"]) for p in phases.values()]
+    total = None if None in estimates else sum(estimates)
+
+    result = {
+        "preset": args.preset, "data": args.data, "phases": phases,
+        "total_wall_s_full_study": None if total is None else round(total, 1),
+        "extrapolated": extrapolated or args.budget_exceeded,
+        "note": ("only part of the study finished; full-study times are extrapolated from the mean time per "
+                 "finished step of each phase" if extrapolated or args.budget_exceeded else "the whole study ran"),
+        "train_images_per_s": round(image_epochs / train_seconds, 1) if train_seconds else None,
+        "balanced_test_acc": balanced[0].data.metrics.get("test_acc") if balanced else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

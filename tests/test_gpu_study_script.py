@@ -1,0 +1,47 @@
+"""benchmarks/gpu_study.sh, dry-run on the CPU: a part of the study, its report and the timing JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.sh"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHON=sys.executable, IMBADV_CACHE=str(cache))
+    return subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", "--data", str(data),
+                           "--jobs", "1", "--out", str(out), *extra], env=env, capture_output=True, text=True,
+                          timeout=1200, check=False)
+
+
+def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(small_data, session_cache, tmp_path):
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    timing = json.loads((tmp_path / "out" / "gpu_study.json").read_text())
+    assert timing["phases"]["train"]["steps_finished"] == 3  # balanced, under-c3, over-c3
+    assert timing["phases"]["evaluate"]["steps_finished"] == 5
+    assert timing["extrapolated"] is True and "extrapolated" in timing["note"]
+    train = timing["phases"]["train"]
+    assert train["wall_s_full_study_estimate"] == pytest.approx(train["wall_s"] * 21 / 3, abs=0.2)
+    assert timing["phases"]["report"]["wall_s"] > 0 and timing["total_wall_s_full_study"] > 0
+    assert timing["train_images_per_s"] > 0 and 0 <= timing["balanced_test_acc"] <= 1
+    assert timing["torch"] and timing["device"]
+    assert (tmp_path / "out" / "reports" / f"{small_data.name}-smoke" / "report.html").exists()
+
+
+def test_a_budget_that_runs_out_stops_the_study_and_says_so(small_data, session_cache, tmp_path):
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--budget", "25")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ran past its 25s budget" in result.stdout
+    timing = json.loads((tmp_path / "out" / "gpu_study.json").read_text())
+    assert timing["extrapolated"] is True and "report" not in timing["phases"]
+    assert timing["phases"]["evaluate"]["steps_finished"] == 0
