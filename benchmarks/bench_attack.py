@@ -12,6 +12,8 @@ whole evaluation: clean predictions, the attack, adversarial predictions.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from art.attacks.evasion import FastGradientMethod
@@ -22,7 +24,7 @@ from torch import nn
 import torchattacks
 from imbadv.attacks import fgsm_with_logits
 from imbadv.config import AttackConfig
-from imbadv.inference import to_unit
+from imbadv.inference import set_layout, to_unit
 
 EPS = 0.01  # section 3.2
 
@@ -39,12 +41,14 @@ def main() -> None:
     x, y = to_unit(torch.from_numpy(images)), torch.from_numpy(labels)
     config = AttackConfig(eps=EPS)
 
-    def ours(precision: str = "fp32"):
+    nhwc_network = set_layout(copy.deepcopy(network), channels_last=True)
+
+    def ours(precision: str = "fp32", net: nn.Module = network):
         out = []
         for xb, yb in batches(x, y, args.batch):
-            adversarial, clean_logits = fgsm_with_logits(network, xb, yb, config, precision)
+            adversarial, clean_logits = fgsm_with_logits(net, xb, yb, config, precision)
             with torch.inference_mode():
-                out.append((clean_logits.argmax(1), network(adversarial).argmax(1), adversarial))
+                out.append((clean_logits.argmax(1), net(adversarial).argmax(1), adversarial))
         return out
 
     attack = torchattacks.FGSM(network, eps=EPS)
@@ -71,13 +75,15 @@ def main() -> None:
 
     reference = torch.cat([a for _, _, a in ours()]).numpy()
     for name, adversarial in (("torchattacks", torch.cat([a for _, _, a in with_torchattacks()]).numpy()),
-                              ("ART", with_art()[2])):
+                              ("ART", with_art()[2]),
+                              ("imbadv channels_last", torch.cat([a for _, _, a in ours(net=nhwc_network)]).numpy())):
         share = float(np.mean(np.abs(adversarial - reference) <= 1e-6))
         print(f"same adversarial pixels as ours (1e-6): {name} {share:.6%}")
         if share < 0.999:
             raise SystemExit(f"{name} disagrees with ours on {1 - share:.3%} of pixels: not timed")
 
     seconds = {"imbadv fgsm (clean logits from the gradient pass)": timed(ours, args.repeats),
+               "imbadv fgsm, channels_last": timed(lambda: ours(net=nhwc_network), args.repeats),
                "imbadv fgsm, bf16 autocast": timed(lambda: ours("bf16"), args.repeats),
                "torchattacks 3.5 FGSM": timed(with_torchattacks, args.repeats),
                "ART FastGradientMethod": timed(with_art, args.repeats)}

@@ -45,10 +45,11 @@ def main() -> None:
     images, labels = test_images(args, train=True)
     config = TrainConfig(preset="cpu", width=args.width, batch_size=args.batch, lr=1e-3, epochs=1, patience=1)
 
-    def ours(precision: str = "fp32"):
+    def ours(precision: str = "fp32", channels_last: bool = False):
         network = model(args.width)
         x, y = torch.from_numpy(images), torch.from_numpy(labels)
-        train(network, x, y, x[:args.batch], y[:args.batch], dataclasses.replace(config, precision=precision))
+        train(network, x, y, x[:args.batch], y[:args.batch],
+              dataclasses.replace(config, precision=precision, channels_last=channels_last))
 
     loader = DataLoader(ArrayDataset(images, labels), batch_size=args.batch, shuffle=True, num_workers=0)
 
@@ -67,7 +68,9 @@ def main() -> None:
 
     seconds = {"plain loop: DataLoader, ToTensor + Normalize": timed(plain_loop, args.repeats),
                "imbadv trainer, fp32": timed(ours, args.repeats),
-               "imbadv trainer, bf16 autocast": timed(lambda: ours("bf16"), args.repeats)}
+               "imbadv trainer, fp32 channels_last (cpu preset)": timed(lambda: ours(channels_last=True), args.repeats),
+               "imbadv trainer, bf16 autocast": timed(lambda: ours("bf16"), args.repeats),
+               "imbadv trainer, bf16 channels_last": timed(lambda: ours("bf16", True), args.repeats)}
     print_table(f"Training epoch, VGG width {args.width}, batch {args.batch}", len(images), seconds,
                 "plain loop: DataLoader, ToTensor + Normalize")
 
