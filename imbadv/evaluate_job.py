@@ -23,7 +23,7 @@ from imbadv.attacks import fgsm_with_logits, run_attack
 from imbadv.config import ConfigError, EvaluateConfig, resolve_evaluate_config
 from imbadv.data import ImageDataset, load_dataset
 from imbadv.export import onnx_logits, onnx_session
-from imbadv.inference import autocast, resolve_device, set_layout, to_unit
+from imbadv.inference import autocast, predict_logits, resolve_device, set_layout, to_unit
 from imbadv.registry import RegisteredModel, RegistryError, load_registered
 from imbadv.train_job import OnnxMismatch
 
@@ -150,6 +150,15 @@ def _logits(network: torch.nn.Module, images: torch.Tensor, precision: str) -> t
 
 def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred: np.ndarray,
                       config: EvaluateConfig, device: torch.device) -> np.ndarray:
+    """Clean predictions from the target's ONNX file against PyTorch's, both fp32.
+
+    Under --precision bf16 the attack's own clean predictions are bf16, so PyTorch's fp32 ones are
+    computed for the comparison.
+    """
+    if config.precision != "fp32":
+        set_layout(target.network, channels_last=False)
+        torch_pred = predict_logits(target.network, torch.from_numpy(dataset.test_images).to(device),
+                                    config.batch_size).argmax(1).cpu().numpy()
     onnx_pred = onnx_logits(onnx_session(target.onnx_path, device), dataset.test_images, config.batch_size).argmax(1)
     disagreement = float((onnx_pred != torch_pred).mean())
     mlflow.log_metrics({"onnx_clean_acc": float((onnx_pred == dataset.test_labels).mean()),

@@ -133,6 +133,13 @@ def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
                                      attack="ifgsm", steps=3, direction="descent", target_label=2))
     assert client.get_run(iterative.run_id).data.tags[tracking.TAG_ATTACK] == "ifgsm-descent"
 
+    # bf16 attacks and channels_last: the ONNX cross-check still compares fp32 with fp32.
+    fast = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=5, eps=0.05,
+                                precision="bf16", channels_last=True))
+    fast_run = client.get_run(fast.run_id)
+    assert fast_run.data.metrics["onnx_agreement"] >= 0.999
+    assert fast_run.data.params["config.precision"] == "bf16" and fast_run.data.params["config.channels_last"] == "True"
+
 
 def test_source_trained_on_other_data_is_refused(store, small_data, extracted, tmp_path, session_cache):
     from conftest import make_slice
