@@ -45,8 +45,8 @@ class ModelSelection:
     class_id: int | None = field(default=None, metadata=_help(
         "The under- or over-sampled class (0-based label); required unless sampling=balanced."))
     preset: str = field(default="paper", metadata=_help(
-        "Named set of config values: 'paper' (GPU), 'cpu' (a 2-core machine) or 'smoke' "
-        "(seconds, for tests)."))
+        "Named set of config values: 'paper' (the paper's, fp32), 'paper-fast' (paper plus a GPU's "
+        "fast paths), 'cpu' (a 2-core machine) or 'smoke' (seconds, for tests)."))
     seed: int = field(default=0, metadata=_help("Seed for sampling, initialisation and shuffling."))
     cache_dir: str = field(default_factory=default_cache_dir, metadata=_help(
         "Cache for downloads and decoded arrays (default: $IMBADV_CACHE, else ~/.cache/imbadv)."))

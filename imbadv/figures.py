@@ -32,7 +32,7 @@ def _grouped_bars(ax, names: tuple[str, ...], series: dict[str, list[Estimate]])
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

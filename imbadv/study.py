@@ -38,7 +38,7 @@ except ImportError:  # not POSIX: no lock
 class StudyConfig:
     """A study: the paper's 21 models and 50 attacked combinations, per seed and eps (section 4)."""
 
-    preset: str = field(default="paper", metadata={"help": "Preset of every model (paper, cpu, smoke)."})
+    preset: str = field(default="paper", metadata={"help": "Preset of every model (paper, paper-fast, cpu, smoke)."})
     seeds: int = field(default=1, metadata={"help": "Seeds per configuration (0 .. seeds-1)."})
     data: str = field(default="cifar10", metadata={"help": "Data source, as for train."})
     eps: str = field(default="0.01", metadata={"help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})

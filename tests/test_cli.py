@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from imbadv import tracking
 from imbadv.cli import app, main
-from imbadv.config import EvaluateConfig, TrainConfig
+from imbadv.config import PRESETS, EvaluateConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -143,4 +143,4 @@ def test_console_script_exit_code(tmp_path):
                             text=True, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
                                                           "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "imbadv: error: unknown preset 'nope': use one of paper, cpu, smoke"
+    assert result.stderr.strip().splitlines()[-1] == f"imbadv: error: unknown preset 'nope': use one of {', '.join(PRESETS)}"
