@@ -88,6 +88,8 @@ def store(tmp_path, monkeypatch) -> str:
         mlflow.end_run()
     for name in STATE_VARIABLES:  # mlflow.set_experiment exports the active experiment
         os.environ.pop(name, None)
+    mlflow.set_registry_uri(None)  # and set_registry_uri exports the registry: forget both
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def test_train_register_evaluate_and_list_models_on_the_server(tracking_server, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "clean_acc" in result.stdout
 
-    client = MlflowClient(tracking_server.uri)
+    client = MlflowClient(tracking_uri=tracking_server.uri, registry_uri=tracking_server.uri)
     name = tracking.registered_model_name(small_data.name, "under", 3)
     version = client.get_model_version_by_alias(name, "smoke-s7")
     run = client.get_run(version.run_id)
@@ -61,7 +61,7 @@ def _finished_step_keys(client: MlflowClient) -> list[str]:
 
 
 def test_study_survives_a_server_restart_then_reports(tracking_server, small_data, session_cache, tmp_path):
-    client = MlflowClient(tracking_server.uri)
+    client = MlflowClient(tracking_uri=tracking_server.uri, registry_uri=tracking_server.uri)
     command = [sys.executable, "-m", "imbadv", "reproduce", "--preset", "smoke", "--data", str(small_data),
                "--classes", "5", "--device", "cpu"]
     env = _env(tracking_server, session_cache)
