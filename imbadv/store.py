@@ -4,7 +4,8 @@ MLflow creates and migrates a SQLite store's schema on first use, and processes 
 once break each other's migration; so the first use here holds a file lock beside the database.
 After that MLflow waits up to 20 s for SQLite's write lock and then raises "database is locked":
 the writes below retry with exponential backoff. Two processes creating the same experiment at
-once both end up using the one that exists.
+once both end up using the one that exists. A tracking server that does not answer is reported
+before any run starts.
 """
 
 from __future__ import annotations
