@@ -6,6 +6,7 @@ help text shows both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -13,7 +14,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import typer
@@ -36,6 +37,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from imbadv.trainer import TrainingDiverged
 
     return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged, StudyFailed, StoreUnreachable
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Known errors end the command with `imbadv: error: <message>` and exit code 1, no traceback."""
+    try:
+        yield
+    except _known_errors() as error:
+        typer.echo(f"imbadv: error: {error}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 def _option_type(hint: Any) -> type:
@@ -74,11 +85,8 @@ def config_command(cls: type, job: Callable[..., Any],
                                             annotation=Optional[kind]))
 
     def command(**options: Any) -> None:
-        try:
+        with _one_line_errors():
             job(**options)
-        except _known_errors() as error:
-            typer.echo(f"imbadv: error: {error}", err=True)
-            raise typer.Exit(code=1) from None
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__doc__ = cls.__doc__
@@ -112,12 +120,9 @@ def report(preset: str = typer.Option(StudyConfig.preset, help="Preset of the st
     from imbadv import store
     from imbadv.report_output import run_report
 
-    try:
+    with _one_line_errors():
         store.prepare()
         run_report(preset, data, output_dir)
-    except _known_errors() as error:
-        typer.echo(f"imbadv: error: {error}", err=True)
-        raise typer.Exit(code=1) from None
 
 
 app.command("report")(report)
@@ -141,12 +146,9 @@ def models_list(ctx: typer.Context,
     from imbadv import store
     from imbadv.registry import list_registered
 
-    try:
+    with _one_line_errors():
         store.prepare()
         models = list_registered()
-    except _known_errors() as error:
-        typer.echo(f"imbadv: error: {error}", err=True)
-        raise typer.Exit(code=1) from None
     if as_json:
         typer.echo(json.dumps(models, indent=2))
         return
@@ -167,12 +169,9 @@ def models_show(name: str = typer.Argument(..., help="Registered model name, e.g
     from imbadv import store
     from imbadv.registry import describe
 
-    try:
+    with _one_line_errors():
         store.prepare()
         model = describe(name)
-    except _known_errors() as error:
-        typer.echo(f"imbadv: error: {error}", err=True)
-        raise typer.Exit(code=1) from None
     if as_json:
         typer.echo(json.dumps(model, indent=2))
         return

@@ -107,8 +107,8 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
 def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: ImageDataset,
                     config: EvaluateConfig, device: torch.device) -> AttackResult:
     """Craft adversarial test images with the source's gradient and classify them with the target."""
-    for network in {id(m.network): m.network for m in (target, source)}.values():
-        set_layout(network, config.channels_last)
+    for model in (target, source):  # the same model twice when white-box: set_layout is idempotent
+        set_layout(model.network, config.channels_last)
     images = torch.from_numpy(dataset.test_images).to(device)
     labels = torch.from_numpy(dataset.test_labels).to(device)
     attack = config.attack_config()
@@ -156,7 +156,6 @@ def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred
     computed for the comparison.
     """
     if config.precision != "fp32":
-        set_layout(target.network, channels_last=False)
         torch_pred = predict_logits(target.network, torch.from_numpy(dataset.test_images).to(device),
                                     config.batch_size).argmax(1).cpu().numpy()
     onnx_pred = onnx_logits(onnx_session(target.onnx_path, device), dataset.test_images, config.batch_size).argmax(1)

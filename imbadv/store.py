@@ -88,18 +88,26 @@ def call(function: Callable[..., T], *args, **kwargs) -> T:
     return retrying(function, *args, **kwargs)
 
 
+_READY: set[str] = set()  # tracking URIs this process has checked and opened
+
+
 def prepare(experiment: str | None = None) -> str | None:
     """Create or migrate the store's schema (under a file lock for SQLite), then get or create
-    `experiment` and make it the active one. Returns the experiment's id, or None without one."""
+    `experiment` and make it the active one. Returns the experiment's id, or None without one.
+
+    The reachability check and the schema set-up run once per process and tracking URI."""
     uri = mlflow.get_tracking_uri()
-    check_reachable(uri)
     path = sqlite_path(uri)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if uri not in _READY:
+        check_reachable(uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(f"{path}.lock") if path is not None else contextlib.nullcontext()
     with lock:
         client = MlflowClient()
-        call(client.search_experiments, max_results=1)  # opens the store: creates or migrates its schema
+        if uri not in _READY:
+            call(client.search_experiments, max_results=1)  # opens the store: creates or migrates its schema
+            _READY.add(uri)
         if experiment is None:
             return None
         experiment_id = call(_get_or_create, client, experiment)

@@ -9,6 +9,7 @@ package versions, device and the dataset digest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -82,8 +83,11 @@ def model_uri(selection: ModelSelection, dataset: str) -> str:
     return f"models:/{name}@{model_alias(selection.preset, selection.seed)}"
 
 
+@functools.cache
 def git_commit() -> str:
-    """Commit of the checkout the package runs from, with '-dirty' for uncommitted changes."""
+    """Commit of the checkout the package runs from, with '-dirty' for uncommitted changes.
+
+    Read once per process: it describes the code this process imported."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
@@ -98,13 +102,22 @@ def git_commit() -> str:
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def code_version(package: Path = PACKAGE_DIR) -> str:
+def code_version(package: Path | None = None) -> str:
     """SHA-256 (first 16 hex digits) of the package's own source and reference files.
 
     Reuse keys depend on this rather than on the git commit, so that edits outside the package
     (docs, tests, benchmarks) leave finished steps reusable, while any change to what is computed
-    makes them stale.
+    makes them stale. With no `package`, this package's version, hashed once per process.
     """
+    return _own_code_version() if package is None else _hash_source(package)
+
+
+@functools.cache
+def _own_code_version() -> str:
+    return _hash_source(PACKAGE_DIR)
+
+
+def _hash_source(package: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".csv", ".json") and p.is_file()):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
