@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from common import arguments, model, print_table, test_images, timed
 
 from imbadv.export import export_onnx, onnx_logits, onnx_session
-from imbadv.inference import predict_logits
+from imbadv.inference import predict_logits, set_layout
 
 
 def main() -> None:
@@ -20,13 +21,15 @@ def main() -> None:
     images, _ = test_images(args)
     network = model(args.width)
     tensor = torch.from_numpy(images)
+    nhwc_network = set_layout(copy.deepcopy(network), channels_last=True)
     with tempfile.TemporaryDirectory() as tmp:
         session = onnx_session(export_onnx(network, Path(tmp) / "model.onnx"))
-        seconds = {
-            "pytorch eager fp32 (inference_mode)": timed(lambda: predict_logits(network, tensor, args.batch), args.repeats),
-            "pytorch eager bf16 autocast": timed(lambda: predict_logits(network, tensor, args.batch, "bf16"), args.repeats),
-            "onnxruntime CPUExecutionProvider fp32": timed(lambda: onnx_logits(session, images, args.batch), args.repeats),
-        }
+        seconds = timed({
+            "pytorch eager fp32 (inference_mode)": lambda: predict_logits(network, tensor, args.batch),
+            "pytorch eager fp32 channels_last (cpu preset)": lambda: predict_logits(nhwc_network, tensor, args.batch),
+            "pytorch eager bf16 autocast": lambda: predict_logits(network, tensor, args.batch, "bf16"),
+            "onnxruntime CPUExecutionProvider fp32": lambda: onnx_logits(session, images, args.batch),
+        }, args.repeats)
     print_table(f"Inference, VGG width {args.width}, batch {args.batch}", len(images), seconds,
                 "pytorch eager fp32 (inference_mode)")
 

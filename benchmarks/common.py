@@ -25,7 +25,8 @@ def arguments(description: str, **defaults) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=defaults.get("width", 16), help="VGG width (cpu preset: 16)")
     parser.add_argument("--batch", type=int, default=defaults.get("batch", 500), help="images per batch")
     parser.add_argument("--images", type=int, default=defaults.get("images", 2000), help="images per timed pass")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes per method (median reported)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds; each round runs every method once (median reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--cache-dir", default=os.environ.get("IMBADV_CACHE", str(Path.home() / ".cache" / "imbadv")))
     args = parser.parse_args()
@@ -46,15 +47,21 @@ def model(width: int, seed: int = 0) -> VGG:
     return VGG(VGGSpec(width=width)).eval()
 
 
-def timed(run: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per method: one warm-up call each, then `repeats` rounds calling every method in turn.
+
+    Interleaving the rounds exposes every method to the same drift in machine speed, so the ratios
+    hold better than those of one method's repeats after another's.
+    """
+    for run in methods.values():
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def print_table(title: str, images: int, seconds: dict[str, float], baseline: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import typer
 
-from imbadv.config import PRESETS, ConfigError, EvaluateConfig, TrainConfig
+from imbadv.config import PRESETS, ConfigError, EvaluateConfig, TrainConfig, preset_values
 from imbadv.data import DataError
 from imbadv.study import StudyConfig
 
@@ -63,8 +63,9 @@ def _help_text(cls: type, field: dataclasses.Field) -> str:
     text = field.metadata.get("help", "")
     if field.default is not dataclasses.MISSING and field.name != "cache_dir":
         text += f" (default: {field.default}"
-        if cls is TrainConfig:
-            by_preset = [f"{name}: {values[field.name]}" for name, values in PRESETS.items() if field.name in values]
+        if cls in (TrainConfig, EvaluateConfig):
+            by_preset = [f"{name}: {values[field.name]}" for name in PRESETS
+                         if field.name in (values := preset_values(cls, name))]
             if by_preset:
                 text += "; preset " + ", ".join(by_preset)
         text += ")"

@@ -206,19 +206,36 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_train_config(**options: Any) -> TrainConfig:
-    """TrainConfig from the preset's values overridden by every option that is not None."""
-    preset = options.get("preset") or TrainConfig.__dataclass_fields__["preset"].default
+# The preset values that an evaluation of the preset's models takes too: the memory layout of the
+# attack's passes. Precision is not shared: attacks stay fp32 unless --precision asks otherwise.
+EVALUATE_PRESET_FIELDS = ("channels_last",)
+
+
+def preset_values(cls: type, preset: str) -> dict[str, Any]:
+    """The values `preset` sets on a config of type `cls` (TrainConfig or EvaluateConfig)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in options.items() if v is not None}}
+    values = PRESETS[preset]
+    if issubclass(cls, EvaluateConfig):
+        return {k: v for k, v in values.items() if k in EVALUATE_PRESET_FIELDS}
+    return dict(values)
+
+
+def _resolve(cls: type, options: dict[str, Any]) -> Any:
+    preset = options.get("preset") or ModelSelection.__dataclass_fields__["preset"].default
+    values = {**preset_values(cls, preset), **{k: v for k, v in options.items() if v is not None}}
     values["preset"] = preset
-    return TrainConfig(**values)
+    return cls(**values)
+
+
+def resolve_train_config(**options: Any) -> TrainConfig:
+    """TrainConfig from the preset's values overridden by every option that is not None."""
+    return _resolve(TrainConfig, options)
 
 
 def resolve_evaluate_config(**options: Any) -> EvaluateConfig:
-    """EvaluateConfig from every option that is not None."""
-    return EvaluateConfig(**{k: v for k, v in options.items() if v is not None})
+    """EvaluateConfig from the preset's evaluation values overridden by every option that is not None."""
+    return _resolve(EvaluateConfig, options)
 
 
 def as_params(config: object) -> dict[str, str]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from imbadv import tracking
 from imbadv.attacks import fgsm
-from imbadv.config import AttackConfig, TrainConfig, resolve_train_config
+from imbadv.config import AttackConfig, TrainConfig, resolve_evaluate_config, resolve_train_config
 from imbadv.inference import predict_logits, set_layout
 from imbadv.model import VGG, VGGSpec
 from imbadv.optim import keras_rmsprop
@@ -123,6 +123,16 @@ def test_cpu_preset_turns_channels_last_on_and_paper_keeps_the_defaults():
     assert (fast.channels_last, fast.torch_compile, fast.precision) == (True, True, "bf16")
     assert (fast.width, fast.lr, fast.batch_size) == (paper.width, paper.lr, paper.batch_size)
     assert resolve_train_config(preset="cpu", channels_last=False).channels_last is False
+
+
+def test_evaluation_takes_the_presets_layout_but_not_its_batch_or_precision():
+    cpu = resolve_evaluate_config(preset="cpu")
+    assert cpu.channels_last is True
+    assert (cpu.batch_size, cpu.precision) == (500, "fp32")  # the training batch and bf16 are not shared
+    fast = resolve_evaluate_config(preset="paper-fast")
+    assert (fast.channels_last, fast.precision) == (True, "fp32")
+    assert resolve_evaluate_config(preset="paper").channels_last is False
+    assert resolve_evaluate_config(preset="cpu", channels_last=False).channels_last is False
 
 
 def test_code_version_follows_the_package_source_only(tmp_path):
