@@ -4,27 +4,37 @@
 # the GPU's name and the torch version (benchmarks/study_timing.py).
 #
 #   benchmarks/gpu_study.sh [--device cuda] [--preset paper-fast] [--data cifar10|PATH] [--classes all]
-#                           [--jobs 4] [--budget 540] [--out gpu-study]
+#                           [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR]
 #
+# --kit DIR (made by gpu_kit.sh) installs DIR's wheels beside the machine's own packages, without
+# a network, and takes DIR's dataset archive unless --data is given.
 # --budget caps the study's seconds (default 540: 9 minutes). If it runs out, the study is stopped,
 # and the JSON extrapolates each phase from its finished steps and says so. --jobs independent
 # steps share the device, each in its own process. Dry run on a CPU:
 #   benchmarks/gpu_study.sh --device cpu --preset smoke --data ../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz
 set -euo pipefail
 
-DEVICE=cuda PRESET=paper-fast DATA=cifar10 CLASSES=all JOBS=4 BUDGET=540 OUT=gpu-study
+DEVICE=cuda PRESET=paper-fast DATA="" CLASSES=all JOBS=4 BUDGET=540 OUT=gpu-study KIT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2 ;; --preset) PRESET=$2 ;; --data) DATA=$2 ;; --classes) CLASSES=$2 ;;
-    --jobs) JOBS=$2 ;; --budget) BUDGET=$2 ;; --out) OUT=$2 ;;
+    --jobs) JOBS=$2 ;; --budget) BUDGET=$2 ;; --out) OUT=$2 ;; --kit) KIT=$2 ;;
     *) echo "gpu_study.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
   shift 2
 done
 HERE="$(cd "$(dirname "$0")" && pwd)"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+if [ -n "$KIT" ]; then
+  [ -d "$KIT/wheels" ] || { echo "gpu_study.sh: $KIT has no wheels/: make it with benchmarks/gpu_kit.sh" >&2; exit 2; }
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+    --target "$OUT/site" "$KIT"/wheels/*.whl
+  export PYTHONPATH="$OUT/site:$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
+  [ -n "$DATA" ] || DATA="$(ls "$KIT"/*.tar.gz | head -1)"
+fi
+DATA="${DATA:-cifar10}"
 export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db"
 export IMBADV_CACHE="${IMBADV_CACHE:-$OUT/cache}"
 echo "study: preset $PRESET, device $DEVICE, data $DATA, classes $CLASSES, $JOBS jobs, budget ${BUDGET}s -> $OUT"

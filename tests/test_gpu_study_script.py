@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.sh"
 pytestmark = pytest.mark.slow
 
 
-def _run(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run(data: Path | None, cache: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHON=sys.executable, IMBADV_CACHE=str(cache))
-    return subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", "--data", str(data),
+    data_option = [] if data is None else ["--data", str(data)]
+    return subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", *data_option,
                            "--jobs", "1", "--out", str(out), *extra], env=env, capture_output=True, text=True,
                           timeout=1200, check=False)
 
@@ -47,3 +50,29 @@ def test_a_budget_that_runs_out_stops_the_study_and_says_so(small_data, session_
     assert timing["extrapolated"] is True and "report" not in timing["phases"]
     assert timing["phases"]["train"]["steps_finished"] == timing["phases"]["evaluate"]["steps_finished"] == 0
     assert timing["total_wall_s_full_study"] is None  # nothing to extrapolate from
+
+
+def test_a_kit_puts_its_wheels_on_the_path_and_supplies_the_data(small_data, session_cache, tmp_path):
+    # A kit as gpu_kit.sh packs it: wheels/ (here the project's own wheel, built offline) and an archive.
+    kit, source = tmp_path / "kit", tmp_path / "source"  # built from a copy: a build writes beside its source
+    root = SCRIPT.parents[1]
+    shutil.copytree(root / "imbadv", source / "imbadv", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(kit / "wheels"), str(source)], capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    with tarfile.open(kit / "small.tar.gz", "w:gz") as tar:
+        for part in ("train", "test"):
+            tar.add(small_data / part, arcname=part)
+    result = _run(None, session_cache, tmp_path / "out", "--classes", "3", "--budget", "2", "--kit", str(kit))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"data {kit / 'small.tar.gz'}" in result.stdout
+    assert list((tmp_path / "out" / "site").glob("imbadv-*.dist-info"))
+    assert (tmp_path / "out" / "gpu_study.json").exists()
+
+
+def test_a_folder_without_wheels_is_refused_before_anything_runs(tmp_path, session_cache):
+    result = _run(None, session_cache, tmp_path / "out", "--kit", str(tmp_path))
+    assert result.returncode == 2 and "has no wheels/" in result.stderr and "gpu_kit.sh" in result.stderr
+    assert not (tmp_path / "out" / "mlflow.db").exists()
