@@ -190,7 +190,8 @@ def _positive(config: object, *names: str) -> None:
             raise ConfigError(f"{name.replace('_', '-')} is {value}: it must be 1 or more")
 
 
-# Presets: named sets of TrainConfig values, applied before the user's overrides.
+# Presets: named sets of TrainConfig values, applied before the user's overrides (evaluations of the
+# preset's models take EVALUATE_PRESET_FIELDS of them).
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's model and schedule (section 3.1); sized for a GPU.
     "paper": {},
