@@ -37,6 +37,9 @@ fi
 DATA="${DATA:-cifar10}"
 export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db"
 export IMBADV_CACHE="${IMBADV_CACHE:-$OUT/cache}"
+# The store's tables are made before the clock starts: a study stopped while MLflow creates them
+# would leave a store that no later command can open.
+"$PYTHON" -c "from mlflow.tracking import MlflowClient; MlflowClient().search_experiments(max_results=1)"
 echo "study: preset $PRESET, device $DEVICE, data $DATA, classes $CLASSES, $JOBS jobs, budget ${BUDGET}s -> $OUT"
 
 EXCEEDED=()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -50,6 +51,31 @@ def test_a_budget_that_runs_out_stops_the_study_and_says_so(small_data, session_
     assert timing["extrapolated"] is True and "report" not in timing["phases"]
     assert timing["phases"]["train"]["steps_finished"] == timing["phases"]["evaluate"]["steps_finished"] == 0
     assert timing["total_wall_s_full_study"] is None  # nothing to extrapolate from
+
+
+def test_the_store_is_complete_before_the_budget_starts(small_data, session_cache, tmp_path):
+    # A study stopped while MLflow creates a fresh store's tables leaves a store no command can open,
+    # so the script makes them first. The wrapper records the store's schema as the timed study starts.
+    seen = tmp_path / "schema-at-start"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"""#!/usr/bin/env bash
+if [[ " $* " == *" reproduce "* ]]; then
+  "{sys.executable}" -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(
+      'select version_num from alembic_version').fetchone()[0])" "${{MLFLOW_TRACKING_URI#sqlite:///}}" > "{seen}"
+fi
+exec "{sys.executable}" "$@"
+""")
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHON=str(wrapper), IMBADV_CACHE=str(session_cache))
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", "--data", str(small_data),
+                             "--jobs", "1", "--classes", "3", "--budget", "1", "--out", str(out)],
+                            env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with sqlite3.connect(out / "mlflow.db") as store:
+        final_schema = store.execute("select version_num from alembic_version").fetchone()[0]
+    assert seen.read_text().strip() == final_schema
 
 
 def test_a_kit_puts_its_wheels_on_the_path_and_supplies_the_data(small_data, session_cache, tmp_path):
