@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 IMBADV := $(BIN)/imbadv
 OPTIONS := --preset $(PRESET) --data $(DATA)
 
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast lint
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -30,3 +30,6 @@ test: setup
 
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .

@@ -15,7 +15,8 @@ import torch
 from imbadv.data import load_dataset
 from imbadv.model import VGG, VGGSpec
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
 
 
 def arguments(description: str, **defaults) -> argparse.Namespace:
@@ -37,7 +38,10 @@ def arguments(description: str, **defaults) -> argparse.Namespace:
 def test_images(args: argparse.Namespace, train: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (N, 3, 32, 32) images and int64 labels from the dataset, spread over the classes."""
     dataset = load_dataset(args.data, args.cache_dir)
-    images, labels = (dataset.train_images, dataset.train_labels) if train else (dataset.test_images, dataset.test_labels)
+    if train:
+        images, labels = dataset.train_images, dataset.train_labels
+    else:
+        images, labels = dataset.test_images, dataset.test_labels
     order = np.random.default_rng(0).permutation(len(images))[:args.images]
     return images[order], labels[order]
 
@@ -65,7 +69,8 @@ def timed(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
 
 
 def print_table(title: str, images: int, seconds: dict[str, float], baseline: str) -> None:
-    print(f"\n{title}  ({images} images per pass, median; {torch.get_num_threads()} threads, torch {torch.__version__})")
+    print(f"\n{title}  ({images} images per pass, median; {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__})")
     print(f"{'method':52} {'images/s':>10} {'vs ' + baseline:>16}")
     for name, value in seconds.items():
         print(f"{name:52} {images / value:10.0f} {seconds[baseline] / value:15.2f}x")

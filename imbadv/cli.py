@@ -83,7 +83,7 @@ def config_command(cls: type, job: Callable[..., Any],
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
         option = typer.Option(None, *decls, help=_help_text(cls, field), show_default=False)
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                            annotation=Optional[kind]))
+                                            annotation=Optional[kind]))  # noqa: UP045 (typer reads it at run time)
 
     def command(**options: Any) -> None:
         with _one_line_errors():
@@ -127,7 +127,7 @@ def report(preset: str = typer.Option(StudyConfig.preset, help="Preset of the st
 
 
 app.command("report")(report)
-RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(  # noqa: UP045
     None, "--resume", help="Run id to continue from its last checkpoint (a killed run of the same training is "
     "found and continued without it)."))
 app.command("train", help="Train one model of the study, export it to ONNX and register it.")(

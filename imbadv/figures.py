@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from imbadv.report import TABLE1_EPS, Estimate, cell_values, confusion_share  # noqa: E402
-from imbadv.results import StudyResults  # noqa: E402
+from imbadv.report import TABLE1_EPS, Estimate, cell_values, confusion_share
+from imbadv.results import StudyResults
 
 PAIRS = (("cat", "dog"), ("dog", "cat"), ("automobile", "truck"), ("truck", "automobile"))
 
@@ -58,7 +58,8 @@ def _per_class_bars(results: StudyResults, path: Path, eps: float, metric: str,
 
 def clean_accuracy(results: StudyResults, path: Path, eps: float = TABLE1_EPS) -> Path:
     """Figure 3: clean accuracy on class c of the balanced, under-sampled(c) and over-sampled(c) models."""
-    models = (("balanced", "balanced", "self"), ("under-sampled c", "under", "self"), ("over-sampled c", "over", "self"))
+    models = (("balanced", "balanced", "self"), ("under-sampled c", "under", "self"),
+              ("over-sampled c", "over", "self"))
     return _per_class_bars(results, path, eps, "clean_acc", models, "clean accuracy on class c (%)",
                            "Clean accuracy of each model on its class c")
 
@@ -96,7 +97,7 @@ def robustness_curves(results: StudyResults, path: Path) -> Path:
     """Target-class accuracy against eps, averaged over classes: one line per sampling and attack."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     n = len(results.class_names)
-    for (label, sampling, source), style in zip(ATTACKED, ("k-", "r-", "b-", "r--", "b--")):
+    for (label, sampling, source), style in zip(ATTACKED, ("k-", "r-", "b-", "r--", "b--"), strict=True):
         means = [np.nanmean([Estimate(cell_values(results, eps, sampling, source, c)).mean for c in range(n)]) * 100
                  for eps in results.eps_values]
         ax.plot(results.eps_values, means, style, marker="o", label=label)

@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import confusion_matrix as sk_confusion_matrix  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def write_confusion_csv(confusion: np.ndarray, class_names: tuple[str, ...], pat
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true\\predicted", *class_names])
-        for name, row in zip(class_names, confusion):
+        for name, row in zip(class_names, confusion, strict=True):
             writer.writerow([name, *row.tolist()])
     return path
 

@@ -35,7 +35,7 @@ class VGGSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "VGGSpec":
+    def from_dict(cls, values: dict) -> VGGSpec:
         values = dict(values)
         values["mean"] = tuple(values["mean"])
         values["std"] = tuple(values["std"])

@@ -120,7 +120,7 @@ class Claim:
 
 
 def _paired(a: list[float], b: list[float]) -> Estimate:
-    return Estimate(tuple(x - y for x, y in zip(a, b)))
+    return Estimate(tuple(x - y for x, y in zip(a, b, strict=True)))
 
 
 def _holds(difference: Estimate) -> bool | None:

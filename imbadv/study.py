@@ -241,8 +241,8 @@ def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, step
                             future.result()
                             outcome.ran.append(step.label)
                         except Exception as error:  # the step's run is FAILED; the study goes on
-                            outcome.failed.append(f"{step.label}: {str(error).splitlines()[0] if str(error) else error!r}"
-                                                  f" (log: {log_dir / (step.key + '.log')})")
+                            first_line = str(error).splitlines()[0] if str(error) else repr(error)
+                            outcome.failed.append(f"{step.label}: {first_line} (log: {log_dir / (step.key + '.log')})")
                         bar.update(1)
                 if phase == "train" and outcome.failed:
                     break  # evaluations need every model

@@ -131,7 +131,10 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     seed_everything(config.seed)
     network = VGG(VGGSpec(num_classes=dataset.num_classes, width=config.width, dense_units=config.dense_units,
                           dropout=config.dropout, batch_norm=config.batch_norm)).to(device)
-    as_tensor = lambda array: torch.from_numpy(array).to(device)
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device)
+
     result = train(network, as_tensor(dataset.train_images[split.train]), as_tensor(dataset.train_labels[split.train]),
                    as_tensor(dataset.train_images[split.val]), as_tensor(dataset.train_labels[split.val]), config,
                    on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch),

@@ -56,7 +56,7 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     padded = F.pad(images, (4, 4, 4, 4))
     dx = torch.randint(0, 9, (n,), generator=generator, device="cpu").tolist()
     dy = torch.randint(0, 9, (n,), generator=generator, device="cpu").tolist()
-    crops = torch.stack([padded[i, :, y:y + h, x:x + w] for i, (x, y) in enumerate(zip(dx, dy))])
+    crops = torch.stack([padded[i, :, y:y + h, x:x + w] for i, (x, y) in enumerate(zip(dx, dy, strict=True))])
     flip = torch.rand(n, generator=generator, device="cpu") < 0.5
     crops[flip.to(crops.device)] = crops[flip.to(crops.device)].flip(-1)
     return crops

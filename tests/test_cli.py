@@ -143,4 +143,5 @@ def test_console_script_exit_code(tmp_path):
                             text=True, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
                                                           "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"imbadv: error: unknown preset 'nope': use one of {', '.join(PRESETS)}"
+    expected = f"imbadv: error: unknown preset 'nope': use one of {', '.join(PRESETS)}"
+    assert result.stderr.strip().splitlines()[-1] == expected

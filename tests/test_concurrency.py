@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 import tenacity
 from mlflow.exceptions import MlflowException

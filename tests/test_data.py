@@ -84,13 +84,13 @@ def test_bad_image_folders_are_refused(tmp_path, train, test, size, message):
 def test_unreadable_image_names_the_file(tmp_path):
     root = _tree(tmp_path / "bad", {"a": 1}, {"a": 1})
     (root / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(DataError, match="broken.jpg"):
+    with pytest.raises(DataError, match=r"broken\.jpg"):
         load_dataset(str(root), tmp_path / "cache")
 
 
 def test_truncated_archive_is_refused_and_leaves_no_unpacked_folder(shared_archive, tmp_path):
     truncated = tmp_path / "cut.tar.gz"
     truncated.write_bytes(shared_archive.read_bytes()[:200_000])
-    with pytest.raises(DataError, match="is corrupted or not a .tar.gz"):
+    with pytest.raises(DataError, match=r"is corrupted or not a \.tar\.gz"):
         load_dataset(str(truncated), tmp_path / "cache")
     assert list((tmp_path / "cache" / "extracted").iterdir()) == []

@@ -64,7 +64,8 @@ def test_device_tensor_batches_match_a_dataloader_loop_bit_for_bit():
     ours = _model()
     train(ours, images, labels, images[:8], labels[:8], config)
     reference = _dataloader_training(images, labels, config)
-    for (name, ours_value), reference_value in zip(ours.state_dict().items(), reference.state_dict().values()):
+    pairs = zip(ours.state_dict().items(), reference.state_dict().values(), strict=True)
+    for (name, ours_value), reference_value in pairs:
         assert torch.equal(ours_value, reference_value), name
 
 
@@ -88,7 +89,7 @@ def _assert_within_rmsprop_step_bound(fast_option: dict) -> None:
     train(default, images, labels, images[:16], labels[:16], config)
     train(fast, images, labels, images[:16], labels[:16], dataclasses.replace(config, **fast_option))
     bound = config.lr * len(images) / config.batch_size
-    for (name, a), b in zip(default.state_dict().items(), fast.state_dict().values()):
+    for (name, a), b in zip(default.state_dict().items(), fast.state_dict().values(), strict=True):
         assert b.is_contiguous(), f"{name} left in channels_last"
         assert (a - b).abs().max().item() <= bound, name
     agree = (predict_logits(default, images, 64).argmax(1) == predict_logits(fast, images, 64).argmax(1))

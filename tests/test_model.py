@@ -51,7 +51,7 @@ def test_conv_blocks_are_2_3_3_with_doubling_widths(model):
     assert [len(b) for b in blocks] == [2, 3, 3]
     expected_out = [WIDTH, 2 * WIDTH, 4 * WIDTH]
     in_channels = 3
-    for block, width in zip(blocks, expected_out):
+    for block, width in zip(blocks, expected_out, strict=True):
         for conv in block:
             assert conv.in_channels == in_channels
             assert conv.out_channels == width

@@ -33,7 +33,8 @@ def study(per_seed: list[dict[str, float]], under_cat_dog=(40, 30), under_dog_ca
     """Every cell of a column equal to that seed's value for the column."""
     evaluations = []
     for seed, values in enumerate(per_seed):
-        evaluations.append(evaluation(seed, "balanced", None, "self", {k: values["whitebox_balanced"] for k in range(10)}))
+        balanced = {k: values["whitebox_balanced"] for k in range(10)}
+        evaluations.append(evaluation(seed, "balanced", None, "self", balanced))
         for c in range(10):
             for column, sampling, source in COLUMNS[:2] + COLUMNS[3:]:
                 cat_dog = {CAT: under_cat_dog, DOG: under_dog_cat}.get(c, (30, 30)) if sampling == "under" else (30, 30)

@@ -49,7 +49,8 @@ def test_train_register_evaluate_and_list_models_on_the_server(tracking_server, 
     assert list(tracking_server.artifacts.rglob("model.onnx")) and not list(tmp_path.rglob("model.onnx"))
     evaluation = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{tracking.TAG_JOB}` = 'evaluate'")
     assert len(evaluation) == 1 and 0.0 <= evaluation[0].data.metrics["adv_acc"] <= 1.0
-    assert {a.path for a in client.list_artifacts(evaluation[0].info.run_id)} >= {tracking.CONFUSION_DIR, tracking.PER_CLASS_ARTIFACT}
+    artifacts = {a.path for a in client.list_artifacts(evaluation[0].info.run_id)}
+    assert artifacts >= {tracking.CONFUSION_DIR, tracking.PER_CLASS_ARTIFACT}
     listed = _imbadv(tracking_server, tmp_path, session_cache, "models")
     assert listed.returncode == 0 and name in listed.stdout
 

@@ -99,12 +99,13 @@ def _check_report(store: str, data: Path, cwd: Path, client: MlflowClient, study
     assert result.returncode == 0, result.stderr[-3000:]
     folder = cwd / "reports" / "cifar10-small-smoke"
     assert {"table1.csv", "table1.md", "claims.csv", "beyond.csv", "report.md", "report.html",
-            "fig3_clean_accuracy.png", "fig5_relative_drop.png", "fig7_confusions.png"} <= {p.name for p in folder.iterdir()}
+            "fig3_clean_accuracy.png", "fig5_relative_drop.png", "fig7_confusions.png"} <= {
+        p.name for p in folder.iterdir()}
     assert "Table 1" in result.stdout and "cat" in result.stdout
     # The cat row's white-box under-sampled cell is the under-c3 white-box run's adv_acc_c3.
     import csv
 
-    cat = [row for row in csv.DictReader((folder / "table1.csv").open()) if row["class_name"] == "cat"][0]
+    cat = next(row for row in csv.DictReader((folder / "table1.csv").open()) if row["class_name"] == "cat")
     run = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string=(
         "params.`config.sampling` = 'under' and params.`config.class_id` = '3' and params.`config.source` = 'self'"))[0]
     assert float(cat["whitebox_undersample_ours"]) == pytest.approx(run.data.metrics["adv_acc_c3"])
@@ -130,9 +131,8 @@ def test_a_second_identical_study_on_this_machine_is_refused(tmp_path):
     from imbadv.study import StudyFailed, _exclusive
 
     lock = tmp_path / "locks" / "study.lock"
-    with _exclusive(lock):
-        with pytest.raises(StudyFailed, match="another `imbadv reproduce` with the same settings is running"):
-            with _exclusive(lock):
-                pass
+    held = "another `imbadv reproduce` with the same settings is running"
+    with _exclusive(lock), pytest.raises(StudyFailed, match=held), _exclusive(lock):  # the second take fails
+        pass
     with _exclusive(lock):  # released when the first study ends
         pass

@@ -62,7 +62,8 @@ class TrackingServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}: {self.log.read_text()[-3000:]}")
+                log_tail = self.log.read_text()[-3000:]
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}: {log_tail}")
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
                     if response.status == 200:
