@@ -18,6 +18,7 @@ from imbadv.results import StudyResults
 
 TABLE1_EPS = 0.01  # section 3.2
 QUOTE_TOLERANCE = 0.05  # how close a quoted mean must be, in accuracy (5 percentage points)
+SHARE = (0.0, 1.0)  # the range of an accuracy or a share of images
 # Table 1's columns: (column, sampling of the attacked model, gradient source).
 COLUMNS = (
     ("blackbox_undersample", "under", "balanced"),
@@ -36,9 +37,13 @@ def paper_table() -> list[dict[str, str]]:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over seeds with its 95% confidence interval (NaN bounds with one seed)."""
+    """A mean over seeds with its 95% confidence interval (NaN bounds with one seed).
+
+    `bounds` is the range the quantity can take (an accuracy: 0 to 1); the interval is cut to it.
+    """
 
     values: tuple[float, ...]
+    bounds: tuple[float, float] | None = None
 
     @property
     def mean(self) -> float:
@@ -47,7 +52,10 @@ class Estimate:
 
     @property
     def interval(self) -> tuple[float, float]:
-        return confidence_interval(self.values)
+        low, high = confidence_interval(self.values)
+        if self.bounds is None or not math.isfinite(low):
+            return low, high
+        return max(low, self.bounds[0]), min(high, self.bounds[1])
 
     def text(self, percent: bool = True) -> str:
         scale = 100 if percent else 1
@@ -86,7 +94,7 @@ def table1(results: StudyResults, eps: float = TABLE1_EPS, metric: str = "adv_ac
     for class_id, name in enumerate(results.class_names):
         row: dict[str, object] = {"class_id": class_id, "class_name": name}
         for column, sampling, source in COLUMNS:
-            row[column] = Estimate(cell_values(results, eps, sampling, source, class_id, metric))
+            row[column] = Estimate(cell_values(results, eps, sampling, source, class_id, metric), SHARE)
             row[f"paper_{column}"] = float(paper[class_id][column]) if class_id in paper else float("nan")
         rows.append(row)
     return rows
@@ -98,7 +106,7 @@ def column_means(rows: list[dict[str, object]], n_seeds: int) -> dict[str, Estim
     for column, _, _ in COLUMNS:
         per_seed = [float(np.nanmean([row[column].values[s] for row in rows])) if rows else float("nan")
                     for s in range(n_seeds)]
-        means[column] = Estimate(tuple(per_seed))
+        means[column] = Estimate(tuple(per_seed), SHARE)
     return means
 
 
@@ -112,11 +120,11 @@ class Claim:
     claim: str
     paper: str
     ours: str
-    holds: bool | None  # None: cannot be judged from these runs
+    holds: bool | None  # None: these runs do not settle it (no runs, or the seeds' interval spans both answers)
 
     @property
     def verdict(self) -> str:
-        return {True: "holds", False: "does not hold", None: "not judged"}[self.holds]
+        return {True: "holds", False: "does not hold", None: "not settled"}[self.holds]
 
 
 def _paired(a: list[float], b: list[float]) -> Estimate:
@@ -124,20 +132,28 @@ def _paired(a: list[float], b: list[float]) -> Estimate:
 
 
 def _holds(difference: Estimate) -> bool | None:
-    """A positive difference: with several seeds, the whole interval must be above 0."""
+    """A positive difference. With several seeds the whole interval must be above 0 (below 0: it does
+    not hold; across 0: not settled); with one seed, the sign of the single difference."""
     if not math.isfinite(difference.mean):
         return None
-    low, _ = difference.interval
-    return bool(low > 0) if math.isfinite(low) else bool(difference.mean > 0)
+    low, high = difference.interval
+    if not math.isfinite(low):
+        return bool(difference.mean > 0)
+    return True if low > 0 else False if high < 0 else None
 
 
 def _near(estimate: Estimate, quoted: float) -> bool | None:
-    """A quoted figure holds if ours is within QUOTE_TOLERANCE of it (or its interval covers it)."""
+    """A quoted figure: ours within QUOTE_TOLERANCE of it. With several seeds the whole interval must
+    lie within that band (wholly outside it: it does not hold; partly: not settled)."""
     if not math.isfinite(estimate.mean):
         return None
     low, high = estimate.interval
-    covered = math.isfinite(low) and low <= quoted <= high
-    return bool(covered or abs(estimate.mean - quoted) <= QUOTE_TOLERANCE)
+    if not math.isfinite(low):
+        return bool(abs(estimate.mean - quoted) <= QUOTE_TOLERANCE)
+    band_low, band_high = quoted - QUOTE_TOLERANCE, quoted + QUOTE_TOLERANCE
+    if band_low <= low and high <= band_high:
+        return True
+    return False if high < band_low or low > band_high else None
 
 
 def confusion_share(results: StudyResults, seed: int, sampling: str, class_id: int | None, kind: str,
@@ -205,6 +221,6 @@ def _cat_dog_claims(results: StudyResults, eps: float) -> list[Claim]:
         balanced = [confusion_share(results, s, "balanced", None, "adversarial", true, predicted, eps) for s in seeds]
         under = [confusion_share(results, s, "under", true, "adversarial", true, predicted, eps) for s in seeds]
         change = _paired(under, balanced) if direction > 0 else _paired(balanced, under)
-        text = f"{Estimate(tuple(balanced)).text()}% -> {Estimate(tuple(under)).text()}%"
+        text = f"{Estimate(tuple(balanced), SHARE).text()}% -> {Estimate(tuple(under), SHARE).text()}%"
         out.append(Claim(label, paper_text, text, _holds(change)))
     return out

@@ -102,7 +102,27 @@ def test_claims_across_seeds_need_the_whole_interval():
     noisy = [dict(PAPER_LIKE, whitebox_undersample=u) for u in (0.10, 0.30, 0.12)]  # mean 0.173 < 0.26, noisy
     claim = claims(study(noisy))[0]
     assert claim.claim.startswith("Under-sampled models are more vulnerable")
-    assert claim.holds is False  # the paired interval reaches below zero
+    assert claim.holds is None and claim.verdict == "not settled"  # the paired interval spans zero
+    against = [dict(PAPER_LIKE, whitebox_undersample=u) for u in (0.40, 0.42, 0.41)]  # every seed above 0.26
+    assert claims(study(against))[0].holds is False
     steady = [dict(PAPER_LIKE, whitebox_undersample=u) for u in (0.14, 0.15, 0.13)]
     assert claims(study(steady))[0].holds is True
     assert "[" in claims(study(steady))[0].ours  # reported with its interval
+
+
+def test_a_quoted_mean_across_seeds_needs_its_whole_interval_in_the_band():
+    def quoted_claim(values: list[float]) -> bool | None:
+        seeds = [dict(PAPER_LIKE, blackbox_undersample=v) for v in values]
+        return Verdicts({c.claim: c.holds for c in claims(study(seeds))})["Under-sampled models attacked black-box k"]
+
+    assert quoted_claim([0.53, 0.54, 0.55]) is True  # 53.8% quoted, 5 points either side
+    assert quoted_claim([0.20, 0.22, 0.21]) is False  # the whole interval is below 48.8%
+    assert quoted_claim([0.22, 0.27]) is None  # two seeds: the interval reaches the band
+
+
+def test_accuracy_intervals_are_cut_to_what_an_accuracy_can_be():
+    rows = table1(study([dict(PAPER_LIKE, whitebox_undersample=u) for u in (0.0, 0.02, 0.30)]))
+    low, high = rows[CAT]["whitebox_undersample"].interval
+    assert low == 0.0 and 0.30 < high < 1.0  # the t-interval alone reaches far below 0
+    assert confidence_interval((0.0, 0.02, 0.30))[0] < 0
+    assert Estimate((0.1, -0.2)).interval[0] < -0.2  # a difference keeps its whole interval
