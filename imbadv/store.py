@@ -4,7 +4,8 @@ MLflow creates and migrates a SQLite store's schema on first use, and processes 
 once break each other's migration; so the first use here holds a file lock beside the database.
 After that MLflow waits up to 20 s for SQLite's write lock and then raises "database is locked":
 the writes below retry with exponential backoff. Two processes creating the same experiment at
-once both end up using the one that exists. A tracking server that does not answer is reported
+once both end up using the one that exists, and two runs logging the same new dataset at once both
+link to the one row that the faster of them inserted. A tracking server that does not answer is reported
 before any run starts.
 """
 
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCKED = "database is locked"
+# Two runs logging the same new dataset at once both find no row and both insert it; the slower
+# write fails on the key (SQLite, PostgreSQL wording) and is rolled back whole, and its retry finds
+# the row and links to it.
+DATASET_INSERT_RACE = ("UNIQUE constraint failed: datasets.", 'unique constraint "dataset_pk"')
 RETRY_SECONDS = 300.0  # give up after this long: a store locked for minutes is a real fault
 
 
@@ -68,12 +73,15 @@ def check_reachable(uri: str, attempts: int = 3, timeout: float = 5.0) -> None:
                            "--host 127.0.0.1 ...) or point MLFLOW_TRACKING_URI at one that runs")
 
 
-def _is_locked(error: BaseException) -> bool:
-    return LOCKED in str(error)
+def _is_transient(error: BaseException) -> bool:
+    message = str(error)
+    return LOCKED in message or any(race in message for race in DATASET_INSERT_RACE)
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
-    log.warning("tracking store busy (%s): retry %d in %.1f s", LOCKED, state.attempt_number,
+    error = state.outcome.exception() if state.outcome else None
+    reason = LOCKED if error is None or LOCKED in str(error) else "a concurrent run inserted the same dataset"
+    log.warning("tracking store busy (%s): retry %d in %.1f s", reason, state.attempt_number,
                 state.next_action.sleep if state.next_action else 0.0)
 
 
@@ -81,8 +89,9 @@ RETRY_WAIT = tenacity.wait_exponential(multiplier=0.2, max=10.0) + tenacity.wait
 
 
 def call(function: Callable[..., T], *args, **kwargs) -> T:
-    """`function(*args, **kwargs)`, retried with backoff while the SQLite store is locked."""
-    retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_is_locked), wait=RETRY_WAIT,
+    """`function(*args, **kwargs)`, retried with backoff while the SQLite store is locked or after
+    losing a dataset insert race."""
+    retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_is_transient), wait=RETRY_WAIT,
                                  stop=tenacity.stop_after_delay(RETRY_SECONDS), before_sleep=_log_retry,
                                  reraise=True)
     return retrying(function, *args, **kwargs)

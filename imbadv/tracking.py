@@ -207,8 +207,8 @@ def log_dataset(dataset: ImageDataset, context: str) -> None:
     """Log the dataset as a run input, with its content digest."""
     source = HTTPDatasetSource(CIFAR10_URL) if dataset.source == "cifar10" else \
         LocalArtifactDatasetSource(str(Path(dataset.source).expanduser().resolve()))
-    mlflow.log_input(MetaDataset(source=source, name=dataset.name, digest=dataset.digest[:16]),
-                     context=context)
+    store.call(mlflow.log_input, MetaDataset(source=source, name=dataset.name, digest=dataset.digest[:16]),
+               context=context)
     mlflow.set_tags({TAG_DATASET: dataset.name, TAG_DATASET_DIGEST: dataset.digest})
 
 

@@ -25,8 +25,14 @@ def test_sqlite_path_of_tracking_uris(tmp_path):
     assert store.sqlite_path("postgresql://u@localhost/db") is None
 
 
-@pytest.mark.parametrize("locked", [sqlite3.OperationalError("database is locked"),
-                                    MlflowException("(sqlite3.OperationalError) database is locked")])
+@pytest.mark.parametrize("locked", [
+    sqlite3.OperationalError("database is locked"),
+    MlflowException("(sqlite3.OperationalError) database is locked"),
+    # a concurrent run inserted the same new dataset first (SQLite, PostgreSQL)
+    MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, "
+                    "datasets.digest"),
+    MlflowException('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'),
+])
 def test_writes_are_retried_while_the_store_is_locked(locked, monkeypatch):
     monkeypatch.setattr(store, "RETRY_WAIT", tenacity.wait_none())
     calls = []
@@ -40,14 +46,18 @@ def test_writes_are_retried_while_the_store_is_locked(locked, monkeypatch):
     assert store.call(write, 21) == 42 and len(calls) == 3
 
 
-def test_other_errors_are_not_retried():
+@pytest.mark.parametrize("error", [
+    MlflowException("RESOURCE_DOES_NOT_EXIST: no such run"),
+    MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: registered_models.name"),
+])
+def test_other_errors_are_not_retried(error):
     calls = []
 
     def write():
         calls.append(1)
-        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")
+        raise error
 
-    with pytest.raises(MlflowException, match="no such run"):
+    with pytest.raises(MlflowException):
         store.call(write)
     assert len(calls) == 1
 
