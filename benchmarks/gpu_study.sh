@@ -4,21 +4,26 @@
 # the GPU's name and the torch version (benchmarks/study_timing.py).
 #
 #   benchmarks/gpu_study.sh [--device cuda] [--preset paper-fast] [--data cifar10|PATH] [--classes all]
-#                           [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR]
+#                           [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR] [--preflight 1]
 #
 # --kit DIR (made by gpu_kit.sh) installs DIR's wheels beside the machine's own packages, without
 # a network, and takes DIR's dataset archive unless --data is given.
+# --preflight 1 (the default) first trains one model of the preset on 64 images per class, one epoch,
+# on the device, in a scratch store: a broken environment (a missing package, a failing compile or
+# ONNX export) fails there in a minute instead of after the budget. It also fills the decoded-image
+# cache and torch.compile's cache that the study then reuses; its seconds are reported apart
+# (preflight_s). --preflight 0 skips it.
 # --budget caps the study's seconds (default 540: 9 minutes). If it runs out, the study is stopped,
 # and the JSON extrapolates each phase from its finished steps and says so. --jobs independent
 # steps share the device, each in its own process. Dry run on a CPU:
 #   benchmarks/gpu_study.sh --device cpu --preset smoke --data ../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz
 set -euo pipefail
 
-DEVICE=cuda PRESET=paper-fast DATA="" CLASSES=all JOBS=4 BUDGET=540 OUT=gpu-study KIT=""
+DEVICE=cuda PRESET=paper-fast DATA="" CLASSES=all JOBS=4 BUDGET=540 OUT=gpu-study KIT="" PREFLIGHT=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2 ;; --preset) PRESET=$2 ;; --data) DATA=$2 ;; --classes) CLASSES=$2 ;;
-    --jobs) JOBS=$2 ;; --budget) BUDGET=$2 ;; --out) OUT=$2 ;; --kit) KIT=$2 ;;
+    --jobs) JOBS=$2 ;; --budget) BUDGET=$2 ;; --out) OUT=$2 ;; --kit) KIT=$2 ;; --preflight) PREFLIGHT=$2 ;;
     *) echo "gpu_study.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
   shift 2
@@ -40,6 +45,25 @@ export IMBADV_CACHE="${IMBADV_CACHE:-$OUT/cache}"
 # The store's tables are made before the clock starts: a study stopped while MLflow creates them
 # would leave a store that no later command can open.
 "$PYTHON" -c "from mlflow.tracking import MlflowClient; MlflowClient().search_experiments(max_results=1)"
+seconds_since() {  # milliseconds since $1 (from now_ms) as seconds with three decimals
+  local elapsed=$(( $(date +%s%N) / 1000000 - $1 ))
+  printf '%d.%03d' $((elapsed / 1000)) $((elapsed % 1000))
+}
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+PREFLIGHT_ARGS=()
+if [ "$PREFLIGHT" = 1 ]; then
+  echo "preflight: one $PRESET training on 64 images per class, one epoch, on $DEVICE"
+  START_MS=$(now_ms)
+  if ! MLFLOW_TRACKING_URI="sqlite:///$OUT/preflight.db" "$PYTHON" -m imbadv train --preset "$PRESET" \
+      --data "$DATA" --device "$DEVICE" --majority-count 64 --minority-count 64 --epochs 1 >"$OUT/preflight.log" 2>&1; then
+    echo "gpu_study.sh: the preflight training failed, so the study was not started: see $OUT/preflight.log" >&2
+    tail -n 5 "$OUT/preflight.log" >&2
+    exit 3
+  fi
+  PREFLIGHT_ARGS=(--preflight-seconds "$(seconds_since "$START_MS")")
+  echo "preflight: passed in ${PREFLIGHT_ARGS[1]}s"
+fi
 echo "study: preset $PRESET, device $DEVICE, data $DATA, classes $CLASSES, $JOBS jobs, budget ${BUDGET}s -> $OUT"
 
 EXCEEDED=()
@@ -56,10 +80,9 @@ fi
 
 REPORT=()
 if [ "$STATUS" = 0 ]; then
-  START_MS=$(( $(date +%s%N) / 1000000 ))
+  START_MS=$(now_ms)
   "$PYTHON" -m imbadv report --preset "$PRESET" --data "$DATA" --output-dir "$OUT/reports"
-  ELAPSED_MS=$(( $(date +%s%N) / 1000000 - START_MS ))
-  REPORT=(--report-seconds "$(printf '%d.%03d' $((ELAPSED_MS / 1000)) $((ELAPSED_MS % 1000)))")
+  REPORT=(--report-seconds "$(seconds_since "$START_MS")")
 fi
 "$PYTHON" "$HERE/study_timing.py" --preset "$PRESET" --data "$DATA" --output "$OUT/gpu_study.json" \
-  "${REPORT[@]}" "${EXCEEDED[@]}"
+  "${REPORT[@]}" "${EXCEEDED[@]}" "${PREFLIGHT_ARGS[@]}"

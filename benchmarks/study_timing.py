@@ -3,7 +3,8 @@
 Phases are spans of the runs' own start and end times: training (the 21 models per seed),
 evaluation (the attack runs), and the report (timed by the caller). When only part of the study
 finished (a budget ran out, or `--classes` picked a subset), each phase is extrapolated to the
-whole study from its mean time per finished step, and the JSON says so.
+whole study from its mean time per finished step, and the JSON says so. A preflight training run
+before the study (gpu_study.sh) is reported apart, as `preflight_s`.
 
     MLFLOW_TRACKING_URI=sqlite:///study/mlflow.db python benchmarks/study_timing.py --preset paper-fast \
         --data cifar10 [--report-seconds 12.3] [--output study.json]
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--preset", required=True)
     parser.add_argument("--data", required=True, help="as given to imbadv reproduce")
     parser.add_argument("--report-seconds", type=float, default=None)
+    parser.add_argument("--preflight-seconds", type=float, default=None,
+                        help="seconds of the preflight training run before the study (not in the phases)")
     parser.add_argument("--budget-exceeded", action="store_true", help="the study was stopped by its time budget")
     parser.add_argument("--output", default=None, help="write the JSON here as well as to stdout")
     args = parser.parse_args()
@@ -79,6 +82,7 @@ def main() -> None:
         "extrapolated": extrapolated or args.budget_exceeded,
         "note": ("only part of the study finished; full-study times are extrapolated from the mean time per "
                  "finished step of each phase" if extrapolated or args.budget_exceeded else "the whole study ran"),
+        "preflight_s": args.preflight_seconds,
         "train_images_per_s": round(image_epochs / train_seconds, 1) if train_seconds else None,
         "balanced_test_acc": balanced[0].data.metrics.get("test_acc") if balanced else None,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",

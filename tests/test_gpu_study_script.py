@@ -22,15 +22,19 @@ def _run(data: Path | None, cache: Path, out: Path, *extra: str) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHON=sys.executable, IMBADV_CACHE=str(cache))
     data_option = [] if data is None else ["--data", str(data)]
+    preflight = [] if "--preflight" in extra else ["--preflight", "0"]
     return subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", *data_option,
-                           "--jobs", "1", "--out", str(out), *extra], env=env, capture_output=True, text=True,
-                          timeout=1200, check=False)
+                           "--jobs", "1", "--out", str(out), *preflight, *extra],
+                          env=env, capture_output=True, text=True, timeout=1200, check=False)
 
 
 def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(small_data, session_cache, tmp_path):
-    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3")
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     timing = json.loads((tmp_path / "out" / "gpu_study.json").read_text())
+    assert timing["preflight_s"] > 0 and "preflight: passed" in result.stdout
+    with sqlite3.connect(tmp_path / "out" / "preflight.db") as scratch:  # the preflight ran in its own store
+        assert scratch.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0] == 1
     assert timing["phases"]["train"]["steps_finished"] == 3  # balanced, under-c3, over-c3
     assert timing["phases"]["evaluate"]["steps_finished"] == 5
     assert timing["extrapolated"] is True and "extrapolated" in timing["note"]
@@ -40,6 +44,17 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     assert timing["train_images_per_s"] > 0 and 0 <= timing["balanced_test_acc"] <= 1
     assert timing["torch"] and timing["device"]
     assert (tmp_path / "out" / "reports" / f"{small_data.name}-smoke" / "report.html").exists()
+
+
+def test_a_failing_preflight_stops_before_the_study_starts(small_data, session_cache, tmp_path):
+    # an environment that cannot train (here: a preset it does not know) fails in the preflight
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1",
+                  "--preset", "no-such-preset")
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "preflight training failed" in result.stderr and "no-such-preset" in result.stderr
+    assert "study: preset" not in result.stdout and not (tmp_path / "out" / "gpu_study.json").exists()
+    with sqlite3.connect(tmp_path / "out" / "mlflow.db") as study_store:
+        assert study_store.execute("select count(*) from runs").fetchone()[0] == 0
 
 
 def test_a_budget_that_runs_out_stops_the_study_and_says_so(small_data, session_cache, tmp_path):
@@ -70,7 +85,7 @@ exec "{sys.executable}" "$@"
     env.update(PYTHON=str(wrapper), IMBADV_CACHE=str(session_cache))
     out = tmp_path / "out"
     result = subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", "--data", str(small_data),
-                             "--jobs", "1", "--classes", "3", "--budget", "1", "--out", str(out)],
+                             "--jobs", "1", "--classes", "3", "--budget", "1", "--out", str(out), "--preflight", "0"],
                             env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with sqlite3.connect(out / "mlflow.db") as store:
