@@ -2,8 +2,8 @@
 
 Each step is its own MLflow run nested under one parent run. A step whose entry point, options,
 dataset digest and code version match a FINISHED run is reused, so an interrupted study rerun
-with the same command does only what is missing. Steps run in worker processes (`jobs` at once);
-trainings first, then evaluations.
+with the same command does only what is missing. Steps run in worker processes (`jobs` at once),
+in the order `imbadv.schedule` gives: trainings first, each evaluation once its models are trained.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from imbadv import store, tracking
 from imbadv.config import PRESETS, ConfigError, default_cache_dir
 from imbadv.data import load_dataset
+from imbadv.schedule import Schedule, model_of
 
 try:
     import fcntl
@@ -223,29 +224,34 @@ def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, step
         log_dir.mkdir(parents=True, exist_ok=True)
         threads = max(1, (os.cpu_count() or 1) // config.jobs)
         bar = tqdm(total=len(steps), initial=len(steps) - len(todo), desc="study", unit="step")
+        trained = {model_of(dict(s.options)) for s in steps if s.entry == "train" and s.key in done}
+        schedule = Schedule(todo, trained)
         with ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn")) as pool:
-            for phase in ("train", "evaluate"):
-                pending = {}
-                for step in (s for s in todo if s.entry == phase):
+            pending: dict = {}
+            while True:
+                for step, reason in schedule.take_blocked():
+                    outcome.failed.append(f"{step.label}: {reason}")
+                    bar.update(1)
+                while len(pending) < config.jobs and (step := schedule.next_ready()) is not None:
                     discard_unfinished(experiment_id, step)
                     future = pool.submit(_run_step, step, parent.info.run_id, experiment_id, config.cache_dir,
                                          config.device, str(log_dir), threads)
                     pending[future] = step
-                while pending:
-                    running = min(config.jobs, len(pending))
-                    bar.set_postfix(running=running, waiting=len(pending) - running)
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        step = pending.pop(future)
-                        try:
-                            future.result()
-                            outcome.ran.append(step.label)
-                        except Exception as error:  # the step's run is FAILED; the study goes on
-                            first_line = str(error).splitlines()[0] if str(error) else repr(error)
-                            outcome.failed.append(f"{step.label}: {first_line} (log: {log_dir / (step.key + '.log')})")
-                        bar.update(1)
-                if phase == "train" and outcome.failed:
-                    break  # evaluations need every model
+                if not pending:
+                    break
+                bar.set_postfix(running=len(pending), waiting=schedule.waiting)
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    step = pending.pop(future)
+                    try:
+                        future.result()
+                        outcome.ran.append(step.label)
+                        schedule.finished(step, succeeded=True)
+                    except Exception as error:  # the step's run is FAILED; the study goes on
+                        first_line = str(error).splitlines()[0] if str(error) else repr(error)
+                        outcome.failed.append(f"{step.label}: {first_line} (log: {log_dir / (step.key + '.log')})")
+                        schedule.finished(step, succeeded=False)
+                    bar.update(1)
         bar.close()
         outcome.seconds = time.monotonic() - start
         mlflow.log_metrics({"steps_total": len(steps), "steps_reused": len(outcome.reused),

@@ -29,8 +29,15 @@ def _run(data: Path | None, cache: Path, out: Path, *extra: str) -> subprocess.C
 
 
 def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(small_data, session_cache, tmp_path):
-    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1")
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1", "--jobs", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "out" / "mlflow.db") as study_store:
+        (last_training_end,), (first_evaluation_start,) = study_store.execute(
+            "select max(r.end_time) from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'imbadv.job' and t.value = 'train' union all "
+            "select min(r.start_time) from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'imbadv.job' and t.value = 'evaluate'").fetchall()
+    assert first_evaluation_start < last_training_end  # evaluations fill the workers the last trainings leave
     timing = json.loads((tmp_path / "out" / "gpu_study.json").read_text())
     assert timing["preflight_s"] > 0 and "preflight: passed" in result.stdout
     with sqlite3.connect(tmp_path / "out" / "preflight.db") as scratch:  # the preflight ran in its own store

@@ -1,0 +1,85 @@
+"""The order in which a study's steps run on its workers.
+
+Trainings go first, longest first: balanced and under-sampled sets hold about 46,000-50,000 images,
+over-sampled ones 14,000 (section 3.1: class c keeps 5,000, the other nine 1,000 each), so the short
+trainings fill the workers at the end. Each evaluation runs as soon as the models it needs are
+trained (its target and, for a black-box attack, the balanced source), so evaluations fill the
+workers that the last trainings leave idle, and a failed training stops only the evaluations that
+need its model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imbadv.study import Step
+
+_TRAINING_ORDER = {"balanced": 0, "under": 1, "over": 2}  # largest training set first
+
+
+def model_of(options: dict[str, Any]) -> tuple[int, str, int | None]:
+    """The model a training makes, or an evaluation attacks: (seed, sampling, class_id)."""
+    return options["seed"], options["sampling"], options.get("class_id")
+
+
+def models_needed(step: Step) -> set[tuple[int, str, int | None]]:
+    """Models an evaluation needs trained: its target, and the balanced model for a black-box attack."""
+    options = dict(step.options)
+    if step.entry != "evaluate":
+        return set()
+    needed = {model_of(options)}
+    if options["source"] == "balanced":
+        needed.add((options["seed"], "balanced", None))
+    return needed
+
+
+class Schedule:
+    """Hands out the next step to run, given which trainings have finished or failed."""
+
+    def __init__(self, todo: list[Step], trained: set[tuple[int, str, int | None]]) -> None:
+        trainings = [s for s in todo if s.entry == "train"]
+        trainings.sort(key=lambda s: _TRAINING_ORDER[dict(s.options)["sampling"]])  # stable: plan order within
+        self._waiting = trainings + [s for s in todo if s.entry == "evaluate"]
+        self._trained = set(trained)
+        self._failed: dict[tuple[int, str, int | None], str] = {}  # model -> label of its failed training
+        self._running: set[tuple[int, str, int | None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def next_ready(self) -> Step | None:
+        """The first waiting step whose models are trained, or None while none is."""
+        for index, step in enumerate(self._waiting):
+            if models_needed(step) <= self._trained:
+                if step.entry == "train":
+                    self._running.add(model_of(dict(step.options)))
+                return self._waiting.pop(index)
+        return None
+
+    def finished(self, step: Step, succeeded: bool) -> None:
+        if step.entry != "train":
+            return
+        model = model_of(dict(step.options))
+        self._running.discard(model)
+        if succeeded:
+            self._trained.add(model)
+        else:
+            self._failed[model] = step.label
+
+    def take_blocked(self) -> list[tuple[Step, str]]:
+        """Waiting steps that can never run, each with the reason; they leave the schedule."""
+        blocked, kept = [], []
+        for step in self._waiting:
+            lost = models_needed(step) - self._trained - self._running - {
+                model_of(dict(s.options)) for s in self._waiting if s.entry == "train"}
+            if lost:
+                reasons = sorted(f"{self._failed[m]} failed" if m in self._failed else
+                                 f"model {m[1]}{'' if m[2] is None else f'-c{m[2]}'} s{m[0]} is not trained"
+                                 for m in lost)
+                blocked.append((step, "not run: " + "; ".join(reasons)))
+            else:
+                kept.append(step)
+        self._waiting = kept
+        return blocked
