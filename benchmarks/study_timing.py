@@ -83,7 +83,9 @@ def main() -> None:
         "note": ("only part of the study finished; full-study times are extrapolated from the mean time per "
                  "finished step of each phase" if extrapolated or args.budget_exceeded else "the whole study ran"),
         "preflight_s": args.preflight_seconds,
-        "train_images_per_s": round(image_epochs / train_seconds, 1) if train_seconds else None,
+        "train_images_per_s": round(image_epochs / train_seconds, 1) if train_seconds else None,  # per process
+        "train_images_per_s_all_jobs": (round(image_epochs / phases["train"]["wall_s"], 1)
+                                        if phases["train"]["wall_s"] else None),
         "balanced_test_acc": balanced[0].data.metrics.get("test_acc") if balanced else None,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],

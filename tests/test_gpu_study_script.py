@@ -49,6 +49,8 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     assert train["wall_s_full_study_estimate"] == pytest.approx(train["wall_s"] * 21 / 3, abs=0.2)
     assert timing["phases"]["report"]["wall_s"] > 0 and timing["total_wall_s_full_study"] > 0
     assert timing["train_images_per_s"] > 0 and 0 <= timing["balanced_test_acc"] <= 1
+    # 2 jobs overlap: the training phase's images/s is at least one process's
+    assert timing["train_images_per_s_all_jobs"] >= timing["train_images_per_s"]
     assert timing["torch"] and timing["device"]
     assert (tmp_path / "out" / "reports" / f"{small_data.name}-smoke" / "report.html").exists()
 
