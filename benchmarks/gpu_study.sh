@@ -28,28 +28,11 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
-HERE="$(cd "$(dirname "$0")" && pwd)"
-PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-if [ -n "$KIT" ]; then
-  [ -d "$KIT/wheels" ] || { echo "gpu_study.sh: $KIT has no wheels/: make it with benchmarks/gpu_kit.sh" >&2; exit 2; }
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
-    --target "$OUT/site" "$KIT"/wheels/*.whl
-  export PYTHONPATH="$OUT/site:$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
-  [ -n "$DATA" ] || DATA="$(ls "$KIT"/*.tar.gz | head -1)"
-fi
-DATA="${DATA:-cifar10}"
-export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db"
-export IMBADV_CACHE="${IMBADV_CACHE:-$OUT/cache}"
+# shellcheck source=benchmarks/device_env.sh
+source "$(dirname "$0")/device_env.sh"
 # The store's tables are made before the clock starts: a study stopped while MLflow creates them
 # would leave a store that no later command can open.
 "$PYTHON" -c "from mlflow.tracking import MlflowClient; MlflowClient().search_experiments(max_results=1)"
-seconds_since() {  # milliseconds since $1 (from now_ms) as seconds with three decimals
-  local elapsed=$(( $(date +%s%N) / 1000000 - $1 ))
-  printf '%d.%03d' $((elapsed / 1000)) $((elapsed % 1000))
-}
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 PREFLIGHT_ARGS=()
 if [ "$PREFLIGHT" = 1 ]; then

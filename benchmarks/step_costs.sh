@@ -18,24 +18,14 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
-HERE="$(cd "$(dirname "$0")" && pwd)"
-PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+# shellcheck source=benchmarks/device_env.sh
+source "$(dirname "$0")/device_env.sh"
 mkdir -p "$OUT/logs"
-OUT="$(cd "$OUT" && pwd)"
-if [ -n "$KIT" ]; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
-    --target "$OUT/site" "$KIT"/wheels/*.whl
-  export PYTHONPATH="$OUT/site:$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
-  [ -n "$DATA" ] || DATA="$(ls "$KIT"/*.tar.gz | head -1)"
-fi
-DATA="${DATA:-cifar10}"
-export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db" IMBADV_CACHE="${IMBADV_CACHE:-$OUT/cache}"
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 step() {  # step NAME ARGS...: run `imbadv ARGS`, print its seconds, stop on failure
   local name=$1 start; shift
   start=$(now_ms)
   "$PYTHON" -m imbadv "$@" >"$OUT/logs/$name.log" 2>&1 || { tail -n 5 "$OUT/logs/$name.log" >&2; exit 3; }
-  printf '%-45s %8.1f s\n' "$name" "$(( $(now_ms) - start ))e-3"
+  printf '%-45s %8s s\n' "$name" "$(seconds_since "$start")"
 }
 TRAIN=(--preset paper-fast --no-torch-compile --majority-count 64 --minority-count 64 --epochs 1
        --data "$DATA" --device "$DEVICE")
@@ -51,4 +41,4 @@ for i in 1 2 3 4; do
   PIDS+=($!)
 done
 for pid in "${PIDS[@]}"; do wait "$pid" || exit 3; done
-printf '%-45s %8.1f s\n' "4 evaluations at once, wall" "$(( $(now_ms) - START ))e-3"
+printf '%-45s %8s s\n' "4 evaluations at once, wall" "$(seconds_since "$START")"

@@ -41,9 +41,10 @@ class Schedule:
         trainings = [s for s in todo if s.entry == "train"]
         trainings.sort(key=lambda s: _TRAINING_ORDER[dict(s.options)["sampling"]])  # stable: plan order within
         self._waiting = trainings + [s for s in todo if s.entry == "evaluate"]
+        self._needs = {s.key: models_needed(s) for s in todo}
         self._trained = set(trained)
+        self._training = {model_of(dict(s.options)) for s in trainings}  # waiting or running
         self._failed: dict[tuple[int, str, int | None], str] = {}  # model -> label of its failed training
-        self._running: set[tuple[int, str, int | None]] = set()
 
     @property
     def waiting(self) -> int:
@@ -52,9 +53,7 @@ class Schedule:
     def next_ready(self) -> Step | None:
         """The first waiting step whose models are trained, or None while none is."""
         for index, step in enumerate(self._waiting):
-            if models_needed(step) <= self._trained:
-                if step.entry == "train":
-                    self._running.add(model_of(dict(step.options)))
+            if self._needs[step.key] <= self._trained:
                 return self._waiting.pop(index)
         return None
 
@@ -62,7 +61,7 @@ class Schedule:
         if step.entry != "train":
             return
         model = model_of(dict(step.options))
-        self._running.discard(model)
+        self._training.discard(model)
         if succeeded:
             self._trained.add(model)
         else:
@@ -72,8 +71,7 @@ class Schedule:
         """Waiting steps that can never run, each with the reason; they leave the schedule."""
         blocked, kept = [], []
         for step in self._waiting:
-            lost = models_needed(step) - self._trained - self._running - {
-                model_of(dict(s.options)) for s in self._waiting if s.entry == "train"}
+            lost = self._needs[step.key] - self._trained - self._training
             if lost:
                 reasons = sorted(f"{self._failed[m]} failed" if m in self._failed else
                                  f"model {m[1]}{'' if m[2] is None else f'-c{m[2]}'} s{m[0]} is not trained"
