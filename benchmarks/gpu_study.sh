@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole study on one GPU: train the 21 models, run the 41 attack evaluations, build the report,
 # against a fresh local SQLite store; then write a JSON of wall time per phase, training images/s,
-# the GPU's name and the torch version (benchmarks/study_timing.py).
+# the GPU's name and the torch version (benchmarks/study_timing.py), and runs.csv: each run's
+# duration and summary metrics (benchmarks/study_runs.py).
 #
 #   benchmarks/gpu_study.sh [--device cuda] [--preset paper-fast] [--data cifar10|PATH] [--classes all]
 #                           [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR] [--preflight 1]
@@ -69,3 +70,4 @@ if [ "$STATUS" = 0 ]; then
 fi
 "$PYTHON" "$HERE/study_timing.py" --preset "$PRESET" --data "$DATA" --output "$OUT/gpu_study.json" \
   "${REPORT[@]}" "${EXCEEDED[@]}" "${PREFLIGHT_ARGS[@]}"
+"$PYTHON" "$HERE/study_runs.py" --output "$OUT/runs.csv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -53,6 +54,12 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     assert timing["train_images_per_s_all_jobs"] >= timing["train_images_per_s"]
     assert timing["torch"] and timing["device"]
     assert (tmp_path / "out" / "reports" / f"{small_data.name}-smoke" / "report.html").exists()
+    with open(tmp_path / "out" / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    jobs = [row["imbadv.job"] for row in rows]
+    assert jobs.count("train") == 3 and jobs.count("evaluate") == 5 and jobs.count("study") == 1
+    assert all(row["status"] == "FINISHED" and float(row["run_s"]) > 0 for row in rows)
+    assert all(0 <= float(row["clean_acc"]) <= 1 for row in rows if row["imbadv.job"] == "evaluate")
 
 
 def test_a_failing_preflight_stops_before_the_study_starts(small_data, session_cache, tmp_path):
