@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imbadv.data import load_dataset
-from imbadv.model import VGG, VGGSpec
+from imbadv.core.data import load_dataset
+from imbadv.core.model import VGG, VGGSpec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The whole study on one GPU: train the 21 models, run the 41 attack evaluations, build the report,
 # against a fresh local SQLite store; then write a JSON of wall time per phase, training images/s,
-# the GPU's name and the torch version (benchmarks/study_timing.py), and runs.csv: each run's
+# the GPU's name and the torch version (gpu/study_timing.py), and runs.csv: each run's
 # duration and summary metrics (benchmarks/study_runs.py).
 #
 #   benchmarks/gpu_study.sh [--device cuda] [--preset paper-fast] [--data cifar10|PATH] [--classes all]
 #                           [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR] [--preflight 1]
 #
-# --kit DIR (made by gpu_kit.sh) installs DIR's wheels beside the machine's own packages, without
+# --kit DIR (made by gpu/gpu_kit.sh) installs DIR's wheels beside the machine's own packages, without
 # a network, and takes DIR's dataset archive unless --data is given.
 # --preflight 1 (the default) first trains one model of the preset on 64 images per class, one epoch,
 # on the device, in a scratch store: a broken environment (a missing package, a failing compile or
@@ -29,8 +29,8 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
-# shellcheck source=benchmarks/device_env.sh
-source "$(dirname "$0")/device_env.sh"
+# shellcheck source=gpu/device_env.sh
+source "$(dirname "$0")/../gpu/device_env.sh"
 # The store's tables are made before the clock starts: a study stopped while MLflow creates them
 # would leave a store that no later command can open.
 "$PYTHON" -c "from mlflow.tracking import MlflowClient; MlflowClient().search_experiments(max_results=1)"
@@ -70,4 +70,4 @@ if [ "$STATUS" = 0 ]; then
 fi
 "$PYTHON" "$HERE/study_timing.py" --preset "$PRESET" --data "$DATA" --output "$OUT/gpu_study.json" \
   "${REPORT[@]}" "${EXCEEDED[@]}" "${PREFLIGHT_ARGS[@]}"
-"$PYTHON" "$HERE/study_runs.py" --output "$OUT/runs.csv"
+"$PYTHON" "$(dirname "$0")/study_runs.py" --output "$OUT/runs.csv"

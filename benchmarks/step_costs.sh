@@ -6,7 +6,7 @@
 #
 #   benchmarks/step_costs.sh [--device cuda] [--data cifar10|PATH] [--kit DIR] [--out step-costs]
 #
-# --kit DIR (made by gpu_kit.sh) installs DIR's wheels beside the machine's packages and takes its
+# --kit DIR (made by gpu/gpu_kit.sh) installs DIR's wheels beside the machine's packages and takes its
 # dataset archive unless --data is given.
 set -euo pipefail
 
@@ -18,8 +18,8 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
-# shellcheck source=benchmarks/device_env.sh
-source "$(dirname "$0")/device_env.sh"
+# shellcheck source=gpu/device_env.sh
+source "$(dirname "$0")/../gpu/device_env.sh"
 mkdir -p "$OUT/logs"
 step() {  # step NAME ARGS...: run `imbadv ARGS`, print its seconds, stop on failure
   local name=$1 start; shift

@@ -19,9 +19,7 @@ from typing import Any, Optional
 
 import typer
 
-from imbadv.config import PRESETS, ConfigError, EvaluateConfig, TrainConfig, preset_values
-from imbadv.data import DataError
-from imbadv.study import StudyConfig
+from imbadv.config import PRESETS, ConfigError, EvaluateConfig, StudyConfig, TrainConfig, preset_values
 
 app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -30,11 +28,13 @@ app.add_typer(models_app, name="models")
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from imbadv.registry import RegistryError
-    from imbadv.store import StoreUnreachable
-    from imbadv.study import StudyFailed
-    from imbadv.train_job import OnnxMismatch
-    from imbadv.trainer import TrainingDiverged
+    """Errors whose message is the whole story for a user (imported only when one is raised)."""
+    from imbadv.core.data import DataError
+    from imbadv.core.export import OnnxMismatch
+    from imbadv.core.trainer import TrainingDiverged
+    from imbadv.study.engine import StudyFailed
+    from imbadv.tracking.registry import RegistryError
+    from imbadv.tracking.store import StoreUnreachable
 
     return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged, StudyFailed, StoreUnreachable
 
@@ -95,19 +95,19 @@ def config_command(cls: type, job: Callable[..., Any],
 
 
 def _train(**options: Any) -> None:
-    from imbadv.train_job import run_train
+    from imbadv.jobs.train import run_train
 
     run_train(**options)
 
 
 def _evaluate(**options: Any) -> None:
-    from imbadv.evaluate_job import run_evaluate
+    from imbadv.jobs.evaluate import run_evaluate
 
     run_evaluate(**options)
 
 
 def _reproduce(**options: Any) -> None:
-    from imbadv.study import StudyConfig, run_study
+    from imbadv.study.engine import run_study
 
     outcome = run_study(StudyConfig(**{k: v for k, v in options.items() if v is not None}))
     typer.echo(f"study run {outcome.parent_run_id}: {len(outcome.ran)} steps ran, {len(outcome.reused)} reused, "
@@ -118,8 +118,8 @@ def report(preset: str = typer.Option(StudyConfig.preset, help="Preset of the st
            data: str = typer.Option(StudyConfig.data, help="Data source of the study, as for train."),
            output_dir: str = typer.Option("reports", help="Folder for <dataset>-<preset>/.")) -> None:
     """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
-    from imbadv import store
-    from imbadv.report_output import run_report
+    from imbadv.tracking import store
+    from imbadv.report.output import run_report
 
     with _one_line_errors():
         store.prepare()
@@ -144,8 +144,8 @@ def models_list(ctx: typer.Context,
     """List registered models with their versions, aliases and key metrics."""
     if ctx.invoked_subcommand is not None:
         return
-    from imbadv import store
-    from imbadv.registry import list_registered
+    from imbadv.tracking import store
+    from imbadv.tracking.registry import list_registered
 
     with _one_line_errors():
         store.prepare()
@@ -167,8 +167,8 @@ def models_list(ctx: typer.Context,
 def models_show(name: str = typer.Argument(..., help="Registered model name, e.g. imbadv-cifar10-balanced."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")) -> None:
     """Show one registered model: every version with its aliases, tags and metrics."""
-    from imbadv import store
-    from imbadv.registry import describe
+    from imbadv.tracking import store
+    from imbadv.tracking.registry import describe
 
     with _one_line_errors():
         store.prepare()

@@ -1,4 +1,4 @@
-"""Typed configs for the two jobs (train, evaluate) and the named presets.
+"""Typed configs for the jobs (train, evaluate) and the study (reproduce), and the named presets.
 
 Every default is the paper's where the paper states one (Possas and Zhou, section 3); the others
 are marked "not in the paper". CLI options, MLproject parameters and presets are views of these
@@ -19,8 +19,23 @@ AttackName = Literal["fgsm", "ifgsm"]
 Direction = Literal["ascent", "descent"]
 
 
+# The largest share of test images on which onnxruntime may disagree with PyTorch before an ONNX
+# export is judged wrong (not in the paper): training refuses to register such a model, an evaluation fails.
+MAX_ONNX_DISAGREEMENT = 0.001
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message names the problem and the fix."""
+
+
+def model_label(sampling: str, class_id: int | None) -> str:
+    """`balanced`, `under-c<k>` or `over-c<k>`: the model in run names, registry names and messages."""
+    return sampling if class_id is None else f"{sampling}-c{class_id}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type when the message is empty): what a user sees."""
+    return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -55,8 +70,7 @@ class ModelSelection:
     def __post_init__(self) -> None:
         if self.sampling not in get_args(Sampling):
             raise ConfigError(f"unknown sampling {self.sampling!r}: use one of balanced, under, over")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}: use one of {', '.join(PRESETS)}")
+        check_preset(self.preset)
         if self.sampling == "balanced" and self.class_id is not None:
             raise ConfigError("sampling=balanced takes no class id: drop --class-id or use under/over")
         if self.sampling != "balanced" and self.class_id is None:
@@ -166,7 +180,7 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         "'fp32', or 'bf16' autocast for the attack's forward and backward passes."))
     channels_last: bool = field(default=False, metadata=_help(
         "Attack in channels_last memory layout (faster convolutions; fp32 results equal up to rounding)."))
-    max_onnx_disagreement: float = field(default=0.001, metadata=_help(
+    max_onnx_disagreement: float = field(default=MAX_ONNX_DISAGREEMENT, metadata=_help(
         "Largest share of test images on which PyTorch and onnxruntime may disagree."))
     grid_images: int = field(default=8, metadata=_help("Images in the clean-vs-adversarial grid artifact."))
 
@@ -181,6 +195,53 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         """The attack part alone, as the pure attack functions take it."""
         names = {f.name for f in dataclasses.fields(AttackConfig)}
         return AttackConfig(**{n: getattr(self, n) for n in names})
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: the paper's 21 models and 50 attacked combinations, per seed and eps (section 4)."""
+
+    preset: str = field(default=ModelSelection.preset, metadata={
+        "help": "Preset of every model (paper, paper-fast, cpu, smoke)."})
+    seeds: int = field(default=1, metadata={"help": "Seeds per configuration (0 .. seeds-1)."})
+    data: str = field(default=ModelSelection.data, metadata={"help": "Data source, as for train."})
+    eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
+        "help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})
+    classes: str = field(default="all", metadata={"help": "'all' or comma-separated class ids."})
+    jobs: int = field(default=1, metadata={"help": "Steps run at once, each in its own process."})
+    force: bool = field(default=False, metadata={"help": "Rerun steps even when a finished run matches."})
+    cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "Cache, as for train."})
+    device: str = field(default=ModelSelection.device, metadata={"help": "'auto', 'cpu' or 'cuda'."})
+
+    def __post_init__(self) -> None:
+        check_preset(self.preset)
+        if self.seeds < 1 or self.jobs < 1:
+            raise ConfigError("seeds and jobs must be 1 or more: pass e.g. --seeds 1 --jobs 1")
+        for value in self.eps_values:
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
+
+    @property
+    def eps_values(self) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in self.eps.split(",") if v.strip())
+        except ValueError as error:
+            raise ConfigError(f"eps {self.eps!r} is not a number or a comma-separated list: pass e.g. "
+                              "--eps 0.01,0.02") from error
+
+    def class_ids(self, num_classes: int) -> tuple[int, ...]:
+        if self.classes == "all":
+            return tuple(range(num_classes))
+        try:
+            ids = tuple(int(v) for v in self.classes.split(","))
+        except ValueError as error:
+            raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids: pass e.g. "
+                              "--classes 3,5") from error
+        bad = [c for c in ids if not 0 <= c < num_classes]
+        if bad:
+            raise ConfigError(f"class ids {bad} are outside this dataset's {num_classes} classes: pass ids "
+                              f"from 0 to {num_classes - 1}")
+        return ids
 
 
 def _positive(config: object, *names: str) -> None:
@@ -207,6 +268,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_preset(preset: str) -> None:
+    """Refuse a preset name that is not one of PRESETS, naming the ones there are."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+
+
 # The preset values that an evaluation of the preset's models takes too: the memory layout of the
 # attack's passes. Precision is not shared: attacks stay fp32 unless --precision asks otherwise.
 EVALUATE_PRESET_FIELDS = ("channels_last",)
@@ -214,8 +281,7 @@ EVALUATE_PRESET_FIELDS = ("channels_last",)
 
 def preset_values(cls: type, preset: str) -> dict[str, Any]:
     """The values `preset` sets on a config of type `cls` (TrainConfig or EvaluateConfig)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    check_preset(preset)
     values = PRESETS[preset]
     if issubclass(cls, EvaluateConfig):
         return {k: v for k, v in values.items() if k in EVALUATE_PRESET_FIELDS}

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imbadv.attacks import fgsm, fgsm_with_logits, ifgsm, input_gradient, run_attack
+from imbadv.core.attacks import fgsm, fgsm_with_logits, ifgsm, input_gradient, run_attack
 from imbadv.config import AttackConfig, ConfigError
-from imbadv.model import VGG, VGGSpec
+from imbadv.core.model import VGG, VGGSpec
 
 N_IMAGES = 16
 

@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from imbadv import tracking
+from imbadv.tracking import names
 from imbadv.cli import app, main
 from imbadv.config import PRESETS, EvaluateConfig, TrainConfig
 
@@ -47,7 +47,7 @@ def test_mlproject_parameters_are_config_fields_without_second_defaults():
 
 def test_empty_mlproject_parameters_mean_the_config_default(monkeypatch):
     seen = {}
-    monkeypatch.setattr("imbadv.train_job.run_train", lambda **options: seen.update(options))
+    monkeypatch.setattr("imbadv.jobs.train.run_train", lambda **options: seen.update(options))
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--sampling", "", "--preset", "smoke", "--epochs", "", "--seed", "3"])
     assert exit_info.value.code == 0
@@ -63,7 +63,8 @@ def assert_one_error_line(stderr: str, message: str) -> None:
     assert "Traceback" not in stderr
 
 
-def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str]]:
+def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str, bool]]:
+    """(arguments, the error's message, whether a run had started when it was found)."""
     corrupt = tmp / "broken.tar.gz"
     corrupt.write_bytes(b"\x1f\x8b\x08\x00 this is not a real archive")
     not_a_tree = tmp / "flat"
@@ -71,32 +72,38 @@ def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str]]:
     (not_a_tree / "cat.jpg").write_bytes(b"")
     base = ["--preset", "smoke", "--device", "cpu"]
     return [
-        (["train", *base, "--data", str(data), "--sampling", "sideways"], "unknown sampling 'sideways'"),
-        (["train", "--preset", "huge", "--data", str(data)], "unknown preset 'huge'"),
-        (["train", *base, "--data", str(data), "--sampling", "under", "--class-id", "12"], "class id 12 is outside"),
-        (["train", *base, "--data", str(data), "--sampling", "over"], "needs a class"),
-        (["train", *base, "--data", str(tmp / "nowhere")], "does not exist"),
-        (["train", *base, "--data", str(not_a_tree)], "is not an image-folder tree"),
-        (["train", *base, "--data", str(corrupt)], "is corrupted or not a .tar.gz"),
-        (["evaluate", *base, "--data", str(data), "--eps", "-0.1"], "eps -0.1 is outside [0, 1]"),
-        (["evaluate", *base, "--data", str(data), "--eps", "1.5"], "eps 1.5 is outside [0, 1]"),
-        (["evaluate", *base, "--data", str(data), "--attack", "ifgsm", "--steps", "0"], "steps 0 is below 1"),
-        (["evaluate", *base, "--data", str(data), "--seed", "99"], "is not in the registry"),
+        (["train", *base, "--data", str(data), "--sampling", "sideways"], "unknown sampling 'sideways'", False),
+        (["train", "--preset", "huge", "--data", str(data)], "unknown preset 'huge'", False),
+        (["train", *base, "--data", str(data), "--sampling", "over"], "needs a class", False),
+        (["evaluate", *base, "--data", str(data), "--eps", "-0.1"], "eps -0.1 is outside [0, 1]", False),
+        (["evaluate", *base, "--data", str(data), "--eps", "1.5"], "eps 1.5 is outside [0, 1]", False),
+        (["evaluate", *base, "--data", str(data), "--attack", "ifgsm", "--steps", "0"], "steps 0 is below 1", False),
+        # found once the data or the registry is read, inside the run
+        (["train", *base, "--data", str(data), "--sampling", "under", "--class-id", "12"], "class id 12 is outside",
+         True),
+        (["train", *base, "--data", str(tmp / "nowhere")], "does not exist", True),
+        (["train", *base, "--data", str(not_a_tree)], "is not an image-folder tree", True),
+        (["train", *base, "--data", str(corrupt)], "is corrupted or not a .tar.gz", True),
+        (["evaluate", *base, "--data", str(data), "--seed", "99"], "is not in the registry", True),
         (["evaluate", *base, "--data", str(data), "--source", "models:/imbadv-nothing@smoke-s0"],
-         "is not in the registry"),
+         "is not in the registry", True),
     ]
 
 
-def test_bad_input_fails_with_one_line_and_a_failed_run(store, small_data, session_cache, tmp_path):
+def test_bad_input_fails_with_one_line_and_only_a_started_run_is_marked_failed(store, small_data, session_cache,
+                                                                               tmp_path):
     cases = _bad_inputs(small_data, tmp_path)
-    for args, message in cases:
+    client = MlflowClient()
+    for args, message, started in cases:
+        before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
         result = runner.invoke(app, [*args, "--cache-dir", str(session_cache)])
         assert result.exit_code == 1, (args, result.output)
         assert_one_error_line(result.stderr, message)
-    client = MlflowClient()
+        after = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert len(after) == before + started, (args, "a bad option must not start a run")
     runs = client.search_runs(["1"])
-    assert len(runs) == len(cases)
-    assert all(r.info.status == "FAILED" and r.data.tags.get(tracking.TAG_ERROR) for r in runs)
+    assert len(runs) == sum(started for *_, started in cases)
+    assert all(r.info.status == "FAILED" and r.data.tags.get(names.TAG_ERROR) for r in runs)
     assert client.search_registered_models() == []
 
 
@@ -124,7 +131,7 @@ def test_a_tracking_server_that_does_not_answer_fails_fast_with_one_line(command
 
 
 def test_models_lists_and_shows_registered_versions(store, small_data, session_cache):
-    from imbadv.train_job import run_train
+    from imbadv.jobs.train import run_train
 
     run_train(preset="smoke", data=str(small_data), cache_dir=str(session_cache), device="cpu")
     listed = invoke("models")
@@ -145,3 +152,13 @@ def test_console_script_exit_code(tmp_path):
     assert result.returncode == 1
     expected = f"imbadv: error: unknown preset 'nope': use one of {', '.join(PRESETS)}"
     assert result.stderr.strip().splitlines()[-1] == expected
+
+
+def test_a_missing_cuda_device_is_a_one_line_error(store, small_data, session_cache, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["train", "--preset", "smoke", "--device", "cuda", "--data", str(small_data),
+                                 "--cache-dir", str(session_cache)])
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result.stderr, "device 'cuda' asked for but no CUDA device is present: pass --device cpu")

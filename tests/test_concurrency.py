@@ -14,7 +14,9 @@ import tenacity
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from imbadv import registry, store, tracking
+from imbadv.tracking import registry
+from imbadv.tracking import store
+from imbadv.tracking import names
 
 
 def test_sqlite_path_of_tracking_uris(tmp_path):
@@ -76,8 +78,8 @@ def test_alias_moves_to_the_newest_version_registered_for_it(store):
 PROBE = """
 import sys
 import mlflow
-from imbadv import tracking
-with tracking.job_run("probe", "probe-" + sys.argv[1]):
+from imbadv.tracking import lifecycle, names
+with lifecycle.job_run("probe", "probe-" + sys.argv[1]):
     for step in range(30):
         mlflow.log_metric("value", step, step=step)
     mlflow.log_params({"process": sys.argv[1]})
@@ -97,7 +99,7 @@ def test_many_processes_opening_a_fresh_sqlite_store_all_record_their_runs(tmp_p
     client = MlflowClient(uri)
     experiments = client.search_experiments()
     runs = client.search_runs([e.experiment_id for e in experiments])
-    assert [e.name for e in experiments if e.name == tracking.EXPERIMENT] == [tracking.EXPERIMENT]
+    assert [e.name for e in experiments if e.name == names.EXPERIMENT] == [names.EXPERIMENT]
     assert sorted(r.data.params["process"] for r in runs) == [str(i) for i in range(8)]
     assert all(r.info.status == "FINISHED" and len(client.get_metric_history(r.info.run_id, "value")) == 30
                for r in runs)
@@ -110,7 +112,7 @@ def test_eight_trainings_at_once_all_finish_and_register_with_the_alias_on_the_n
     command = [sys.executable, "-m", "imbadv", "train", "--preset", "smoke", "--data", str(small_data),
                "--epochs", "1", "--device", "cpu"]
     # Load the data into the cache first, so that the eight processes only race on the store.
-    subprocess.run([sys.executable, "-c", f"from imbadv.data import load_dataset; "
+    subprocess.run([sys.executable, "-c", f"from imbadv.core.data import load_dataset; "
                     f"load_dataset({str(small_data)!r}, {str(session_cache)!r})"], check=True, env=env)
     processes = [subprocess.Popen(command, env={**env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(8)]
@@ -119,9 +121,9 @@ def test_eight_trainings_at_once_all_finish_and_register_with_the_alias_on_the_n
 
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`{tracking.TAG_JOB}` = 'train'")
+                              filter_string=f"tags.`{names.TAG_JOB}` = 'train'")
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
-    name = tracking.registered_model_name(small_data.name, "balanced", None)
+    name = names.registered_model_name(small_data.name, "balanced", None)
     versions = client.search_model_versions(f"name = '{name}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, 9))
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_slice
-from imbadv.data import DataError, dataset_name, load_dataset
+from imbadv.core.data import DataError, dataset_name, load_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

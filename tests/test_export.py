@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 
-from imbadv.export import INPUT_NAME, OUTPUT_NAME, compare_with_torch, export_onnx, onnx_logits, onnx_session
-from imbadv.inference import predict_logits
-from imbadv.model import VGG, VGGSpec
+from imbadv.core.export import INPUT_NAME, OUTPUT_NAME, compare_with_torch, export_onnx, onnx_logits, onnx_session
+from imbadv.core.inference import predict_logits
+from imbadv.core.model import VGG, VGGSpec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

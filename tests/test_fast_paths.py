@@ -8,20 +8,19 @@ torch.compile.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from imbadv import tracking
-from imbadv.attacks import fgsm
+from imbadv.tracking import provenance
+from imbadv.core.attacks import fgsm
 from imbadv.config import AttackConfig, TrainConfig, resolve_evaluate_config, resolve_train_config
-from imbadv.inference import predict_logits, set_layout
-from imbadv.model import VGG, VGGSpec
-from imbadv.optim import keras_rmsprop
-from imbadv.trainer import train
+from imbadv.core.inference import predict_logits, set_layout
+from imbadv.core.model import VGG, VGGSpec
+from imbadv.core.optim import keras_rmsprop
+from imbadv.core.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,9 +140,9 @@ def test_code_version_follows_the_package_source_only(tmp_path):
     package.mkdir()
     (package / "train.py").write_text("x = 1\n")
     (tmp_path / "README.md").write_text("docs\n")
-    before = tracking.code_version(package)
+    before = provenance.code_version(package)
     (tmp_path / "README.md").write_text("more docs\n")
-    assert tracking.code_version(package) == before
+    assert provenance.code_version(package) == before
     (package / "train.py").write_text("x = 2\n")
-    assert tracking.code_version(package) != before
-    assert len(tracking.code_version(Path(tracking.__file__).parent)) == 16
+    assert provenance.code_version(package) != before
+    assert len(provenance.code_version(provenance.PACKAGE_DIR)) == 16

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imbadv import tracking
+from imbadv.tracking import names
 from imbadv.config import TrainConfig
-from imbadv.data import load_dataset, sha256_file
-from imbadv.evaluate_job import run_evaluate
-from imbadv.sampling import sample_split
-from imbadv.train_job import run_train
+from imbadv.core.data import load_dataset, sha256_file
+from imbadv.jobs.evaluate import run_evaluate
+from imbadv.core.sampling import sample_split
+from imbadv.jobs.train import run_train
 
 
 def smoke(data: Path, cache: Path, **options) -> dict:
@@ -40,7 +40,7 @@ def test_train_logs_registers_and_exports(store, small_data, session_cache):
     assert (tags["sampling"], tags["class_id"], tags["class_name"], tags["preset"], tags["seed"]) == \
         ("under", "3", "cat", "smoke", "0")
     dataset = load_dataset(str(small_data), session_cache)
-    assert tags["dataset_digest"] == dataset.digest == run.data.tags[tracking.TAG_DATASET_DIGEST]
+    assert tags["dataset_digest"] == dataset.digest == run.data.tags[names.TAG_DATASET_DIGEST]
     assert tags["git_commit"] and tags["run_id"] == outcome.run_id
 
     # The ONNX file is reachable from the registry version alone and matches its recorded hash.
@@ -75,7 +75,7 @@ def test_train_logs_registers_and_exports(store, small_data, session_cache):
     assert counts.sum(axis=1).tolist() == [30] * 10
 
     # The logged indices rebuild the training set exactly.
-    logged = [int(i) for i in artifact_text(outcome.run_id, tracking.TRAIN_INDICES_ARTIFACT).split()]
+    logged = [int(i) for i in artifact_text(outcome.run_id, names.TRAIN_INDICES_ARTIFACT).split()]
     config = TrainConfig(**smoke(small_data, session_cache, sampling="under", class_id=3, majority_count=100,
                                  minority_count=20, batch_size=8))
     assert logged == sample_split(dataset.train_labels, config, 10).train.tolist()
@@ -112,27 +112,27 @@ def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
         if m[f"clean_acc_c{k}"] > 0:
             clean, adversarial = m[f"clean_acc_c{k}"], m[f"adv_acc_c{k}"]
             assert m[f"rel_drop_c{k}"] == pytest.approx((clean - adversarial) / clean)
-    assert run.data.tags[tracking.TAG_TARGET] == "imbadv-cifar10-small-under-c5/1"
-    assert run.data.tags[tracking.TAG_SOURCE] == "self"
-    assert run.data.tags[tracking.TAG_ATTACK] == "fgsm-ascent" and run.data.tags[tracking.TAG_EPS] == "0.05"
+    assert run.data.tags[names.TAG_TARGET] == "imbadv-cifar10-small-under-c5/1"
+    assert run.data.tags[names.TAG_SOURCE] == "self"
+    assert run.data.tags[names.TAG_ATTACK] == "fgsm-ascent" and run.data.tags[names.TAG_EPS] == "0.05"
     artifacts = {a.path for a in client.list_artifacts(white.run_id)} | \
         {a.path for a in client.list_artifacts(white.run_id, "confusion")}
     assert {"per_class.csv", "confusion/clean.csv", "confusion/adversarial.csv", "confusion/clean.png",
             "confusion/adversarial.png"} <= artifacts
-    assert client.list_artifacts(white.run_id, "examples")[0].path == tracking.GRID_ARTIFACT
+    assert client.list_artifacts(white.run_id, "examples")[0].path == names.GRID_ARTIFACT
     rows = list(csv.DictReader(artifact_text(white.run_id, "per_class.csv").splitlines()))
     assert [float(r["adv_acc"]) for r in rows] == pytest.approx([m[f"adv_acc_c{k}"] for k in range(10)])
 
     black = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=5, eps=0.05,
                                  source="balanced"))
     black_run = client.get_run(black.run_id)
-    assert black_run.data.tags[tracking.TAG_SOURCE] == "imbadv-cifar10-small-balanced/1"
+    assert black_run.data.tags[names.TAG_SOURCE] == "imbadv-cifar10-small-balanced/1"
     assert black.clean_acc == pytest.approx(white.clean_acc)  # same target, same clean images
     assert black.adv_acc != white.adv_acc
 
     iterative = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=5, eps=0.05,
                                      attack="ifgsm", steps=3, direction="descent", target_label=2))
-    assert client.get_run(iterative.run_id).data.tags[tracking.TAG_ATTACK] == "ifgsm-descent"
+    assert client.get_run(iterative.run_id).data.tags[names.TAG_ATTACK] == "ifgsm-descent"
 
     # bf16 attacks and channels_last: the ONNX cross-check still compares fp32 with fp32.
     fast = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=5, eps=0.05,
@@ -145,7 +145,7 @@ def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
 def test_source_trained_on_other_data_is_refused(store, small_data, extracted, tmp_path, session_cache):
     from conftest import make_slice
 
-    from imbadv.registry import RegistryError
+    from imbadv.tracking.registry import RegistryError
 
     other = make_slice(extracted, tmp_path / "other" / "cifar10-small", 110, 30)  # same name, other images
     run_train(**smoke(small_data, session_cache))
@@ -154,11 +154,11 @@ def test_source_trained_on_other_data_is_refused(store, small_data, extracted, t
         source = f"models:/{other_model.model_name}/{other_model.version}"
         run_evaluate(**smoke(small_data, session_cache, source=source))
     failed = MlflowClient().search_runs(["1"], filter_string="attributes.status = 'FAILED'")
-    assert len(failed) == 1 and "trained on other data" in failed[0].data.tags[tracking.TAG_ERROR]
+    assert len(failed) == 1 and "trained on other data" in failed[0].data.tags[names.TAG_ERROR]
 
 
 def test_damaged_registered_artifact_is_refused(store, small_data, session_cache, tmp_path):
-    from imbadv.registry import RegistryError
+    from imbadv.tracking.registry import RegistryError
 
     run_train(**smoke(small_data, session_cache))
     (onnx_file,) = [p for p in tmp_path.rglob("model.onnx") if "models" in p.parts]
@@ -180,7 +180,7 @@ class _Payload:
 def test_a_malicious_pickle_in_place_of_the_weights_is_refused_unexecuted(store, small_data, session_cache, tmp_path):
     import pickle
 
-    from imbadv.registry import RegistryError
+    from imbadv.tracking.registry import RegistryError
 
     outcome = run_train(**smoke(small_data, session_cache))
     marker = tmp_path / "payload-ran"
@@ -194,11 +194,11 @@ def test_a_malicious_pickle_in_place_of_the_weights_is_refused_unexecuted(store,
 
 
 def test_nan_loss_stops_training_with_a_failed_run_and_nothing_registered(store, small_data, session_cache):
-    from imbadv.trainer import TrainingDiverged
+    from imbadv.core.trainer import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 1: lower --lr"):
         run_train(**smoke(small_data, session_cache, lr=1e12))
     client = MlflowClient()
     (run,) = client.search_runs(["1"])
-    assert run.info.status == "FAILED" and "training loss became nan" in run.data.tags[tracking.TAG_ERROR]
+    assert run.info.status == "FAILED" and "training loss became nan" in run.data.tags[names.TAG_ERROR]
     assert client.search_registered_models() == []

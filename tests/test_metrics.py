@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from imbadv.metrics import (confusion_matrix, per_class_accuracy, plot_adversarial_grid, plot_confusion,
-                            relative_drop, write_confusion_csv)
+from imbadv.core.metrics import confusion_matrix, per_class_accuracy, relative_drop, write_confusion_csv
+from imbadv.core.plots import plot_adversarial_grid, plot_confusion
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ("cat", "dog", "ship", "frog")
@@ -107,7 +107,7 @@ def test_plot_adversarial_grid_writes_png(tmp_path, count):
 
 
 def test_attack_success_rate_counts_only_images_correct_before_the_attack():
-    from imbadv.metrics import attack_success_rate
+    from imbadv.core.metrics import attack_success_rate
 
     labels = np.array([0, 0, 0, 0, 1, 1, 2])
     clean = np.array([0, 0, 0, 1, 1, 0, 0])  # class 0: 3 correct; class 1: 1 correct; class 2: none

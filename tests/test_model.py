@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from imbadv.model import CIFAR10_MEAN, CIFAR10_STD, VGG, Normalize, VGGSpec
+from imbadv.core.model import CIFAR10_MEAN, CIFAR10_STD, VGG, Normalize, VGGSpec
 
 WIDTH = 4
 DENSE = 32

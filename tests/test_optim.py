@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from imbadv.optim import keras_rmsprop
+from imbadv.core.optim import keras_rmsprop
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from imbadv.report import (COLUMNS, Estimate, claims, column_means, confidence_interval, paper_column_means,
+from imbadv.report.analysis import (COLUMNS, Estimate, claims, column_means, confidence_interval, paper_column_means,
                            paper_table, table1)
-from imbadv.results import Evaluation, StudyResults
+from imbadv.tracking.results import Evaluation, StudyResults
 
 NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CAT, DOG = 3, 5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imbadv.config import ConfigError, TrainConfig
-from imbadv.sampling import class_counts, sample_split
+from imbadv.core.sampling import class_counts, sample_split
 
 NUM_CLASSES = 10
 PER_CLASS = 5000

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from imbadv.schedule import Schedule, model_of, models_needed
-from imbadv.study import StudyConfig, plan
+from imbadv.study.schedule import Schedule, model_of, models_needed
+from imbadv.config import StudyConfig
+from imbadv.study.plan import plan
 
 
 def _plan(classes: str = "3,5"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imbadv import tracking
+from imbadv.tracking import names
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -41,16 +41,16 @@ def test_train_register_evaluate_and_list_models_on_the_server(tracking_server, 
     assert "clean_acc" in result.stdout
 
     client = MlflowClient(tracking_uri=tracking_server.uri, registry_uri=tracking_server.uri)
-    name = tracking.registered_model_name(small_data.name, "under", 3)
+    name = names.registered_model_name(small_data.name, "under", 3)
     version = client.get_model_version_by_alias(name, "smoke-s7")
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
     # The server proxies artifacts into its own folder: the ONNX file is there, not in the client's.
     assert list(tracking_server.artifacts.rglob("model.onnx")) and not list(tmp_path.rglob("model.onnx"))
-    evaluation = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{tracking.TAG_JOB}` = 'evaluate'")
+    evaluation = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{names.TAG_JOB}` = 'evaluate'")
     assert len(evaluation) == 1 and 0.0 <= evaluation[0].data.metrics["adv_acc"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(evaluation[0].info.run_id)}
-    assert artifacts >= {tracking.CONFUSION_DIR, tracking.PER_CLASS_ARTIFACT}
+    assert artifacts >= {names.CONFUSION_DIR, names.PER_CLASS_ARTIFACT}
     listed = _imbadv(tracking_server, tmp_path, session_cache, "models")
     assert listed.returncode == 0 and name in listed.stdout
 
@@ -58,7 +58,7 @@ def test_train_register_evaluate_and_list_models_on_the_server(tracking_server, 
 def _finished_step_keys(client: MlflowClient) -> list[str]:
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="attributes.status = 'FINISHED'")
-    return [r.data.tags[tracking.TAG_STEP_KEY] for r in runs if tracking.TAG_STEP_KEY in r.data.tags]
+    return [r.data.tags[names.TAG_STEP_KEY] for r in runs if names.TAG_STEP_KEY in r.data.tags]
 
 
 def test_study_survives_a_server_restart_then_reports(tracking_server, small_data, session_cache, tmp_path):

@@ -16,9 +16,9 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from imbadv import tracking
+from imbadv.tracking import names
 
-P = tracking.CONFIG_PARAM_PREFIX
+P = names.CONFIG_PARAM_PREFIX
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True) -> Stu
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
         experiments, max_results=50000, order_by=["attributes.start_time DESC"],
-        filter_string=(f"attributes.status = 'FINISHED' and tags.`{tracking.TAG_JOB}` = 'evaluate' and "
-                       f"tags.`{tracking.TAG_DATASET}` = '{dataset}' and params.`{P}preset` = '{preset}'"))
+        filter_string=(f"attributes.status = 'FINISHED' and tags.`{names.TAG_JOB}` = 'evaluate' and "
+                       f"tags.`{names.TAG_DATASET}` = '{dataset}' and params.`{P}preset` = '{preset}'"))
     newest: dict[tuple, Evaluation] = {}
     for run in runs:
         evaluation = _evaluation(run)
@@ -90,12 +90,12 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True) -> Stu
     evaluations = list(newest.values())
     class_names: tuple[str, ...] = ()
     if evaluations:
-        class_names = tuple(row["class_name"] for row in _csv_rows(evaluations[0].run_id, tracking.PER_CLASS_ARTIFACT))
+        class_names = tuple(row["class_name"] for row in _csv_rows(evaluations[0].run_id, names.PER_CLASS_ARTIFACT))
     if with_confusions:
         evaluations = [_with_confusions(e) for e in evaluations]
     studies = client.search_runs(
         experiments, max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=(f"tags.`{tracking.TAG_JOB}` = 'study' and tags.`{tracking.TAG_DATASET}` = '{dataset}' and "
+        filter_string=(f"tags.`{names.TAG_JOB}` = 'study' and tags.`{names.TAG_DATASET}` = '{dataset}' and "
                        f"params.`{P}preset` = '{preset}'"))
     return StudyResults(dataset, preset, class_names, evaluations, studies[0].info.run_id if studies else None)
 
@@ -108,6 +108,6 @@ def _csv_rows(run_id: str, path: str) -> list[dict[str, str]]:
 def _with_confusions(evaluation: Evaluation) -> Evaluation:
     matrices = {}
     for kind in ("clean", "adversarial"):
-        rows = _csv_rows(evaluation.run_id, f"{tracking.CONFUSION_DIR}/{kind}.csv")
+        rows = _csv_rows(evaluation.run_id, f"{names.CONFUSION_DIR}/{kind}.csv")
         matrices[kind] = np.array([[int(v) for k, v in row.items() if k != "true\\predicted"] for row in rows])
     return Evaluation(**{**evaluation.__dict__, "confusion": matrices})

@@ -10,8 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from imbadv.report import TABLE1_EPS, Estimate, cell_values, confusion_share
-from imbadv.results import StudyResults
+from imbadv.report.analysis import TABLE1_EPS, Estimate, cell_values, confusion_share
+from imbadv.report.cells import CELLS
+from imbadv.tracking.results import StudyResults
 
 PAIRS = (("cat", "dog"), ("dog", "cat"), ("automobile", "truck"), ("truck", "automobile"))
 
@@ -38,9 +39,7 @@ def _save(fig, path: Path) -> Path:
 
 
 # (label, sampling of the attacked model, gradient source) of every attacked model of Table 1.
-ATTACKED = (("balanced, white-box", "balanced", "self"), ("under, white-box", "under", "self"),
-            ("over, white-box", "over", "self"), ("under, black-box", "under", "balanced"),
-            ("over, black-box", "over", "balanced"))
+ATTACKED = tuple((cell.label, cell.sampling, cell.source) for cell in CELLS)
 
 
 def _per_class_bars(results: StudyResults, path: Path, eps: float, metric: str,

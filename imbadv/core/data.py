@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imbadv.config import first_line
+
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -126,7 +128,7 @@ def _decode_torchvision(cache: Path) -> Decoded:
         train = CIFAR10(root, train=True, download=True)
         test = CIFAR10(root, train=False, download=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise DataError(f"could not download CIFAR-10 ({reason}): with no internet, pass --data "
                         "PATH to a local image-folder copy or its .tar.gz") from error
     as_nchw = lambda images: np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # noqa: E731

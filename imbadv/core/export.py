@@ -14,11 +14,15 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from imbadv.inference import predict_logits
+from imbadv.core.inference import predict_logits
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 OPSET = 18
+
+
+class OnnxMismatch(RuntimeError):
+    """onnxruntime and PyTorch disagree on too many images: the ONNX file does not match the weights."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from imbadv.config import model_label
+
 if TYPE_CHECKING:
-    from imbadv.study import Step
+    from imbadv.study.plan import Step
 
 _TRAINING_ORDER = {"balanced": 0, "under": 1, "over": 2}  # largest training set first
 
@@ -74,7 +76,7 @@ class Schedule:
             lost = self._needs[step.key] - self._trained - self._training
             if lost:
                 reasons = sorted(f"{self._failed[m]} failed" if m in self._failed else
-                                 f"model {m[1]}{'' if m[2] is None else f'-c{m[2]}'} s{m[0]} is not trained"
+                                 f"model {model_label(m[1], m[2])} s{m[0]} is not trained"
                                  for m in lost)
                 blocked.append((step, "not run: " + "; ".join(reasons)))
             else:

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from imbadv import metrics, tracking
-from imbadv.attacks import fgsm_with_logits, run_attack
-from imbadv.config import ConfigError, EvaluateConfig, resolve_evaluate_config
-from imbadv.data import ImageDataset, load_dataset
-from imbadv.export import onnx_logits, onnx_session
-from imbadv.inference import autocast, predict_logits, resolve_device, set_layout, to_unit
-from imbadv.registry import RegisteredModel, RegistryError, load_registered
-from imbadv.train_job import OnnxMismatch
+from imbadv.config import ConfigError, EvaluateConfig, model_label, resolve_evaluate_config
+from imbadv.core import metrics, plots
+from imbadv.core.attacks import fgsm_with_logits, run_attack
+from imbadv.core.data import ImageDataset, load_dataset
+from imbadv.core.export import OnnxMismatch, onnx_logits, onnx_session
+from imbadv.core.inference import autocast, predict_logits, resolve_device, set_layout, to_unit
+from imbadv.tracking import lifecycle, log, names, store
+from imbadv.tracking.registry import RegisteredModel, RegistryError, load_registered
 
 
 @dataclass(frozen=True)
@@ -47,30 +47,28 @@ class AttackResult:
     example_index: np.ndarray
 
 
-def run_name(options: dict[str, Any]) -> str:
-    sampling = options.get("sampling") or "balanced"
-    class_part = "" if options.get("class_id") is None else f"-c{options['class_id']}"
-    source = options.get("source") or "self"
-    source = "self" if source == "self" else ("balanced" if source == "balanced" else "uri")
-    return (f"eval-{sampling}{class_part}-{options.get('attack') or 'fgsm'}-"
-            f"{options.get('direction') or 'ascent'}-eps{options.get('eps') or 0.01:g}-src-{source}")
+def run_name(config: EvaluateConfig) -> str:
+    """`eval-<model>-<attack>-<direction>-eps<eps>-src-<self|balanced|uri>`."""
+    source = config.source if config.source in ("self", "balanced") else "uri"
+    return (f"eval-{model_label(config.sampling, config.class_id)}-{config.attack}-{config.direction}-"
+            f"eps{config.eps:g}-src-{source}")
 
 
 def run_evaluate(**options: Any) -> EvaluateOutcome:
     """Resolve the config from `options` and run the whole evaluate job."""
-    with tracking.job_run("evaluate", run_name(options)) as run:
-        config = resolve_evaluate_config(**options)
-        tracking.log_config(config)
+    config = resolve_evaluate_config(**options)  # bad options stop here, before any run exists
+    with lifecycle.job_run("evaluate", run_name(config)) as run:
+        log.log_config(config)
         device = resolve_device(config.device)
         dataset = load_dataset(config.data, config.cache_dir)
-        tracking.log_dataset(dataset, "evaluation")
+        log.log_dataset(dataset, "evaluation")
         target, source = _resolve_models(config, dataset, device)
         if config.target_label is not None and config.target_label >= dataset.num_classes:
             raise ConfigError(f"target label {config.target_label} is outside this dataset's "
                               f"{dataset.num_classes} classes: pass --target-label 0 to {dataset.num_classes - 1}")
-        mlflow.set_tags({tracking.TAG_TARGET: f"{target.name}/{target.version}",
-                         tracking.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
-                         tracking.TAG_ATTACK: f"{config.attack}-{config.direction}", tracking.TAG_EPS: str(config.eps),
+        store.call(mlflow.set_tags, {names.TAG_TARGET: f"{target.name}/{target.version}",
+                         names.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
+                         names.TAG_ATTACK: f"{config.attack}-{config.direction}", names.TAG_EPS: str(config.eps),
                          "imbadv.whitebox": str(source is target), "imbadv.device": str(device)})
         result = attack_test_set(target, source, dataset, config, device)
         onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device)
@@ -84,7 +82,7 @@ def run_evaluate(**options: Any) -> EvaluateOutcome:
 
 def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
                     device: torch.device) -> tuple[RegisteredModel, RegisteredModel]:
-    target = load_registered(tracking.model_uri(config, dataset.name), device)
+    target = load_registered(names.model_uri(config, dataset.name), device)
     if target.dataset_digest != dataset.digest:
         raise RegistryError(f"{target.uri} was trained on other data than {config.data}: evaluate it on the "
                             "dataset it was trained on")
@@ -92,7 +90,7 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
         return target, target
     if config.source == "balanced":
         balanced = dataclasses.replace(config, sampling="balanced", class_id=None)
-        source_uri = tracking.model_uri(balanced, dataset.name)
+        source_uri = names.model_uri(balanced, dataset.name)
     elif config.source.startswith("models:/"):
         source_uri = config.source
     else:
@@ -160,7 +158,7 @@ def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred
                                     config.batch_size).argmax(1).cpu().numpy()
     onnx_pred = onnx_logits(onnx_session(target.onnx_path, device), dataset.test_images, config.batch_size).argmax(1)
     disagreement = float((onnx_pred != torch_pred).mean())
-    mlflow.log_metrics({"onnx_clean_acc": float((onnx_pred == dataset.test_labels).mean()),
+    store.call(mlflow.log_metrics, {"onnx_clean_acc": float((onnx_pred == dataset.test_labels).mean()),
                         "onnx_agreement": 1.0 - disagreement})
     if disagreement > config.max_onnx_disagreement:
         raise OnnxMismatch(f"PyTorch and onnxruntime disagree on {disagreement:.2%} of test images (limit "
@@ -171,7 +169,7 @@ def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred
 
 def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, dataset: ImageDataset,
                                config: EvaluateConfig) -> list[dict[str, Any]]:
-    labels, names, k = dataset.test_labels, dataset.class_names, dataset.num_classes
+    labels, class_names, k = dataset.test_labels, dataset.class_names, dataset.num_classes
     clean_cm = metrics.confusion_matrix(labels, result.clean_pred, k)
     adv_cm = metrics.confusion_matrix(labels, result.adv_pred, k)
     clean_acc, adv_acc = metrics.per_class_accuracy(clean_cm), metrics.per_class_accuracy(adv_cm)
@@ -185,9 +183,9 @@ def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, data
     for c in range(k):
         values |= {f"clean_acc_c{c}": clean_acc[c], f"adv_acc_c{c}": adv_acc[c], f"rel_drop_c{c}": drop[c],
                    f"success_rate_c{c}": success[c]}
-    mlflow.log_metrics({key: float(v) for key, v in values.items() if np.isfinite(v)})
+    store.call(mlflow.log_metrics, {key: float(v) for key, v in values.items() if np.isfinite(v)})
 
-    rows = [{"class_id": c, "class_name": names[c], "images": int(clean_cm[c].sum()),
+    rows = [{"class_id": c, "class_name": class_names[c], "images": int(clean_cm[c].sum()),
              "clean_acc": float(clean_acc[c]), "adv_acc": float(adv_acc[c]), "rel_drop": float(drop[c]),
              "success_rate": float(success[c]), "onnx_clean_acc": float(onnx_acc[c])} for c in range(k)]
     title = f"{config.attack} {config.direction}, eps={config.eps:g}, source={config.source}"
@@ -195,14 +193,14 @@ def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, data
         folder = Path(tmp)
         header = list(rows[0])
         lines = [",".join(header)] + [",".join(str(row[h]) for h in header) for row in rows]
-        (folder / tracking.PER_CLASS_ARTIFACT).write_text("\n".join(lines) + "\n")
+        (folder / names.PER_CLASS_ARTIFACT).write_text("\n".join(lines) + "\n")
         for kind, cm in (("clean", clean_cm), ("adversarial", adv_cm)):
-            metrics.write_confusion_csv(cm, names, folder / tracking.CONFUSION_DIR / f"{kind}.csv")
-            metrics.plot_confusion(cm, names, f"{kind.capitalize()} test set ({title})",
-                                   folder / tracking.CONFUSION_DIR / f"{kind}.png")
+            metrics.write_confusion_csv(cm, class_names, folder / names.CONFUSION_DIR / f"{kind}.csv")
+            plots.plot_confusion(cm, class_names, f"{kind.capitalize()} test set ({title})",
+                                 folder / names.CONFUSION_DIR / f"{kind}.png")
         shown = result.example_index
-        metrics.plot_adversarial_grid(result.clean_examples, result.adv_examples, labels[shown],
-                                      result.clean_pred[shown], result.adv_pred[shown], names, title,
-                                      folder / tracking.GRID_ARTIFACT)
-        mlflow.log_artifacts(tmp)
+        plots.plot_adversarial_grid(result.clean_examples, result.adv_examples, labels[shown],
+                                    result.clean_pred[shown], result.adv_pred[shown], class_names, title,
+                                    folder / names.GRID_ARTIFACT)
+        store.call(mlflow.log_artifacts, tmp)
     return rows

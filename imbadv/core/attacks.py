@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imbadv.config import AttackConfig
-from imbadv.inference import autocast
+from imbadv.core.inference import autocast
 
 
 def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -9,23 +9,14 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from imbadv import figures
-from imbadv.report import (COLUMNS, TABLE1_EPS, Estimate, cell_values, claims, column_means, paper_column_means,
-                           table1)
-from imbadv.results import StudyResults
+from imbadv.report import cells, figures
+from imbadv.report.analysis import (COLUMNS, TABLE1_EPS, Estimate, cell_values, claims, column_means,
+                                    paper_column_means, table1)
+from imbadv.tracking import store
+from imbadv.tracking.results import StudyResults
 
-BEYOND = (  # (column, sampling, source, metric): the measures that separate vulnerability from accuracy
-    ("clean_balanced", "balanced", "self", "clean_acc"),
-    ("clean_under", "under", "self", "clean_acc"),
-    ("clean_over", "over", "self", "clean_acc"),
-    ("success_whitebox_balanced", "balanced", "self", "success_rate"),
-    ("success_whitebox_under", "under", "self", "success_rate"),
-    ("success_whitebox_over", "over", "self", "success_rate"),
-    ("success_blackbox_under", "under", "balanced", "success_rate"),
-    ("success_blackbox_over", "over", "balanced", "success_rate"),
-    ("drop_whitebox_under", "under", "self", "rel_drop"),
-    ("drop_whitebox_over", "over", "self", "rel_drop"),
-)
+# (column, sampling, source, metric): the measures beyond the paper, from the one table of cells.
+BEYOND = tuple((column, cell.sampling, cell.source, metric) for column, cell, metric in cells.BEYOND)
 
 
 def _table1_markdown(results: StudyResults, eps: float) -> tuple[list[list[str]], list[list[str]]]:
@@ -150,14 +141,14 @@ def _html(results: StudyResults, intro: str, header, body, claim_rows, beyond_he
 def attach_to_study(results: StudyResults, folder: Path) -> None:
     """Log the report as artifacts of the study's parent run, when there is one."""
     if results.study_run_id:
-        MlflowClient().log_artifacts(results.study_run_id, str(folder), "report")
+        store.call(MlflowClient().log_artifacts, results.study_run_id, str(folder), "report")
 
 
 def run_report(preset: str, data: str, output_dir: str) -> Path:
     """Read the finished runs of a study and write its report to `<output_dir>/<dataset>-<preset>/`."""
     from imbadv.config import ConfigError
-    from imbadv.data import dataset_name
-    from imbadv.results import load_results
+    from imbadv.core.data import dataset_name
+    from imbadv.tracking.results import load_results
 
     dataset = dataset_name(data)
     results = load_results(dataset, preset)

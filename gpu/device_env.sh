@@ -7,7 +7,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 if [ -n "$KIT" ]; then
   [ -d "$KIT/wheels" ] || {
-    echo "$(basename "$0"): $KIT has no wheels/: make it with benchmarks/gpu_kit.sh" >&2; exit 2; }
+    echo "$(basename "$0"): $KIT has no wheels/: make it with gpu/gpu_kit.sh" >&2; exit 2; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
     --target "$OUT/site" "$KIT"/wheels/*.whl
   export PYTHONPATH="$OUT/site:$HERE/..${PYTHONPATH:+:$PYTHONPATH}"

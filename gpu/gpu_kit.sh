@@ -4,7 +4,7 @@
 # dataset archive. Run it where pip reaches a package index; pass the folder to the GPU machine
 # with the working tree and call `gpu_study.sh --kit <folder>` there.
 #
-#   benchmarks/gpu_kit.sh [--data PATH.tar.gz] [--python-version 3.12] [--out .gpu-kit] [--max-mib 60]
+#   gpu/gpu_kit.sh [--data PATH.tar.gz] [--python-version 3.12] [--out .gpu-kit] [--max-mib 60]
 #
 # The folder should be ignored by git (.git/info/exclude). --max-mib stops the script when the
 # folder would be larger, since machines that take a copy of the working tree cap its size.

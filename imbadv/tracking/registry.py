@@ -24,9 +24,10 @@ from mlflow.types import Schema, TensorSpec
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from imbadv import store, tracking
-from imbadv.data import sha256_file
-from imbadv.model import VGG, VGGSpec
+from imbadv.tracking import store
+from imbadv.tracking import names
+from imbadv.core.data import sha256_file
+from imbadv.core.model import VGG, VGGSpec
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 WEIGHTS_FILE = "model.safetensors"
@@ -76,9 +77,9 @@ def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[s
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]))
     with warnings.catch_warnings():  # MLflow nags about type hints and input examples we don't need
         warnings.simplefilter("ignore", UserWarning)
-        info = mlflow.pyfunc.log_model(name=tracking.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-                                       artifacts={k: str(v) for k, v in files.items()},
-                                       pip_requirements=PIP_REQUIREMENTS, signature=signature)
+        info = store.call(mlflow.pyfunc.log_model, name=names.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                          artifacts={k: str(v) for k, v in files.items()}, pip_requirements=PIP_REQUIREMENTS,
+                          signature=signature)
     version = store.call(mlflow.register_model, info.model_uri, name, tags={**tags, TAG_ALIAS: alias})
     point_alias_at_newest(name, alias)
     return version

@@ -6,7 +6,7 @@ finished (a budget ran out, or `--classes` picked a subset), each phase is extra
 whole study from its mean time per finished step, and the JSON says so. A preflight training run
 before the study (gpu_study.sh) is reported apart, as `preflight_s`.
 
-    MLFLOW_TRACKING_URI=sqlite:///study/mlflow.db python benchmarks/study_timing.py --preset paper-fast \
+    MLFLOW_TRACKING_URI=sqlite:///study/mlflow.db python gpu/study_timing.py --preset paper-fast \
         --data cifar10 [--report-seconds 12.3] [--output study.json]
 """
 
@@ -20,7 +20,7 @@ import sys
 import torch
 from mlflow.tracking import MlflowClient
 
-from imbadv import tracking
+from imbadv.tracking import names
 
 # One seed and one eps of the paper's study (section 4): 21 trainings, 41 attack evaluations.
 FULL_STUDY = {"train": 21, "evaluate": 41}
@@ -50,7 +50,7 @@ def main() -> None:
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = {job: client.search_runs(experiments, max_results=5000, filter_string=(
-        f"tags.`{tracking.TAG_JOB}` = '{job}' and params.`config.preset` = '{args.preset}' "
+        f"tags.`{names.TAG_JOB}` = '{job}' and params.`config.preset` = '{args.preset}' "
         f"and params.`config.data` = '{args.data}'")) for job in FULL_STUDY}
     phases = {job: phase(found) for job, found in runs.items()}
 

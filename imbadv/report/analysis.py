@@ -1,6 +1,6 @@
 """Table 1 ours beside the paper's, the claim checks and the measures beyond the paper.
 
-Every number comes from finished runs (imbadv.results); nothing is recomputed. With several seeds
+Every number comes from finished runs (imbadv.tracking.results); nothing is recomputed. With several seeds
 each cell is a mean with a 95% t-interval, and each claim is a paired difference across seeds.
 """
 
@@ -14,19 +14,14 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from imbadv.results import StudyResults
+from imbadv.report.cells import TABLE1_CELLS
+from imbadv.tracking.results import StudyResults
 
 TABLE1_EPS = 0.01  # section 3.2
 QUOTE_TOLERANCE = 0.05  # how close a quoted mean must be, in accuracy (5 percentage points)
 SHARE = (0.0, 1.0)  # the range of an accuracy or a share of images
 # Table 1's columns: (column, sampling of the attacked model, gradient source).
-COLUMNS = (
-    ("blackbox_undersample", "under", "balanced"),
-    ("blackbox_oversample", "over", "balanced"),
-    ("whitebox_balanced", "balanced", "self"),
-    ("whitebox_undersample", "under", "self"),
-    ("whitebox_oversample", "over", "self"),
-)
+COLUMNS = tuple((cell.column, cell.sampling, cell.source) for cell in TABLE1_CELLS)
 
 
 def paper_table() -> list[dict[str, str]]:

@@ -7,13 +7,15 @@ import contextlib
 import torch
 from torch import nn
 
+from imbadv.config import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when present, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for but no CUDA device is present: pass --device cpu")
+        raise ConfigError(f"device {name!r} asked for but no CUDA device is present: pass --device cpu")
     return torch.device(name)
 
 

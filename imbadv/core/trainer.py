@@ -1,0 +1,200 @@
+"""The training loop: RMSprop until the validation loss stops improving (section 3.1).
+
+Images live on the compute device as one uint8 tensor and batches are indexed there; losses and
+accuracies accumulate on the device and are read once per epoch. The best weights (lowest
+validation loss) are restored at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from imbadv.config import TrainConfig
+from imbadv.core.inference import autocast, predict_logits, set_layout, to_unit
+from imbadv.core.optim import keras_rmsprop
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in vars(self).items() if k != "epoch"}
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and horizontal flip, on the images' device."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator, device="cpu").tolist()
+    dy = torch.randint(0, 9, (n,), generator=generator, device="cpu").tolist()
+    crops = torch.stack([padded[i, :, y:y + h, x:x + w] for i, (x, y) in enumerate(zip(dx, dy, strict=True))])
+    flip = torch.rand(n, generator=generator, device="cpu") < 0.5
+    crops[flip.to(crops.device)] = crops[flip.to(crops.device)].flip(-1)
+    return crops
+
+
+@dataclass
+class TrainState:
+    """Where a training stands after an epoch: early-stopping bookkeeping and every stateful part.
+
+    `to_dict` gives plain tensors and numbers (a checkpoint `torch.load(..., weights_only=True)`
+    reads back); `from_dict` and `restore` continue from one to the same weights as an
+    uninterrupted run.
+    """
+
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+    epochs_done: int = 0
+    best_loss: float = float("inf")
+    since_best: int = 0
+    best_state: dict | None = None  # the weights of the lowest validation loss so far
+    best_epoch: int = -1
+    stopped_early: bool = False
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return values | {"best_state": self.best_state or {}, "history": [vars(m) for m in self.history]}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainState:
+        return cls(**values | {"best_state": values["best_state"] or None,
+                               "history": [EpochMetrics(**m) for m in values["history"]]})
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                generator: torch.Generator) -> None:
+        """Load the saved parts into a freshly built model, optimizer, schedule and generator."""
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        scheduler.load_state_dict(self.scheduler)
+        generator.set_state(self.generator)
+        torch.set_rng_state(self.torch_rng)
+
+    def result(self) -> TrainResult:
+        return TrainResult(list(self.history), self.best_epoch, self.stopped_early)
+
+
+def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
+          val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig,
+          on_epoch: Callable[[EpochMetrics], None] | None = None,
+          on_checkpoint: Callable[[dict], None] | None = None, resume_from: dict | None = None) -> TrainResult:
+    """Train `model` in place on uint8 images (N, 3, 32, 32) already on its device.
+
+    Stops after `config.patience` epochs without a lower validation loss or at `config.epochs`,
+    and leaves the model holding the best epoch's weights. After every epoch `on_checkpoint` gets
+    the whole training state (`TrainState.to_dict`); `resume_from` continues from such a state,
+    giving the same weights as an uninterrupted run. With `config.channels_last` the steps run in
+    that layout; the model is returned in the default layout either way.
+    """
+    set_layout(model, config.channels_last)
+    optimizer, scheduler = keras_rmsprop(model.parameters(), config.lr, config.rho,
+                                         config.optimizer_eps, config.decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    if resume_from is not None:
+        state = TrainState.from_dict(resume_from)
+        state.restore(model, optimizer, scheduler, generator)
+    else:
+        state = TrainState(model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
+                           torch.get_rng_state())
+    forward = torch.compile(model) if config.torch_compile else model  # shares the model's parameters
+
+    for epoch in range(state.epochs_done, config.epochs):
+        if state.stopped_early:
+            break
+        train_loss, train_acc = _train_epoch(model, forward, optimizer, scheduler, generator, train_images,
+                                             train_labels, config, epoch)
+        val_logits = predict_logits(model, val_images, config.eval_batch_size, config.precision)
+        val_loss = F.cross_entropy(val_logits, val_labels.to(val_logits.device)).item()
+        val_acc = (val_logits.argmax(1) == val_labels.to(val_logits.device)).float().mean().item()
+        metrics = EpochMetrics(epoch + 1, train_loss, train_acc, val_loss, val_acc, optimizer.param_groups[0]["lr"])
+        state.history.append(metrics)
+        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train_loss {train_loss:.4f} "
+                   f"train_acc {train_acc:.4f} val_loss {val_loss:.4f} val_acc {val_acc:.4f}")
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+        if val_loss < state.best_loss:
+            state.best_loss, state.best_state, state.since_best = val_loss, copy.deepcopy(model.state_dict()), 0
+            state.best_epoch = epoch + 1
+        else:
+            state.since_best += 1
+            state.stopped_early = state.since_best >= config.patience
+        state.epochs_done = epoch + 1
+        if on_checkpoint is not None:
+            state.model, state.optimizer, state.scheduler = (model.state_dict(), optimizer.state_dict(),
+                                                             scheduler.state_dict())
+            state.generator, state.torch_rng = generator.get_state(), torch.get_rng_state()
+            on_checkpoint(state.to_dict())
+
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    set_layout(model, channels_last=False)
+    model.eval()
+    return state.result()
+
+
+def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                 scheduler: Any, generator: torch.Generator, train_images: torch.Tensor, train_labels: torch.Tensor,
+                 config: TrainConfig, epoch: int) -> tuple[float, float]:
+    """One pass over the training set in a fresh random order; returns its mean loss and accuracy."""
+    device = next(model.parameters()).device
+    model.train()
+    steps = (len(train_images) + config.batch_size - 1) // config.batch_size
+    order = torch.randperm(len(train_images), generator=generator).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
+               disable=None)  # no bar when the output is not a terminal
+    for step in bar:
+        index = order[step * config.batch_size:(step + 1) * config.batch_size]
+        images, labels = to_unit(train_images[index]), train_labels[index]
+        if config.augment:
+            images = _augment(images, generator)
+        with autocast(device, config.precision):
+            logits = forward(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(index)
+        correct += (logits.argmax(1) == labels).sum()
+    bar.close()
+    train_loss = loss_sum.item() / len(train_images)
+    if not torch.isfinite(torch.tensor(train_loss)):
+        raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}: lower --lr "
+                               "or use --precision fp32")
+    return train_loss, correct.item() / len(train_images)

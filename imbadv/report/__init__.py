@@ -1,0 +1,1 @@
+"""The study's report: Table 1 beside the paper's, claim checks, figures, and the report files."""

@@ -1,0 +1,61 @@
+"""The study's steps (paper section 4): 21 trainings per seed and 41 attack evaluations per seed and eps.
+
+Each step is one entry-point call with its options, and a reuse key that hashes the entry point,
+the options, the dataset digest and the code version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from imbadv.config import AttackConfig, StudyConfig, model_label
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry-point call of the study and its reuse key."""
+
+    entry: str  # "train" or "evaluate"
+    options: tuple[tuple[str, Any], ...]
+    key: str
+
+    @property
+    def label(self) -> str:
+        o = dict(self.options)
+        model = model_label(o["sampling"], o.get("class_id"))
+        if self.entry == "train":
+            return f"train {model} s{o['seed']}"
+        return f"evaluate {model} s{o['seed']} source={o['source']} eps={o['eps']:g}"
+
+
+def step_key(entry: str, options: dict[str, Any], dataset_digest: str, code_version: str) -> str:
+    """32 hex digits naming one step: a finished run with the same key is reused."""
+    payload = json.dumps({"entry": entry, "options": options, "dataset": dataset_digest, "code": code_version},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_version: str) -> list[Step]:
+    """Trainings (balanced, under c, over c per seed), then evaluations (per seed and eps)."""
+    classes = config.class_ids(num_classes)
+    base = {"preset": config.preset, "data": config.data}
+    specs: list[tuple[str, dict[str, Any]]] = []
+    for seed in range(config.seeds):
+        specs.append(("train", {**base, "seed": seed, "sampling": "balanced", "class_id": None}))
+        for c in classes:
+            for sampling in ("under", "over"):
+                specs.append(("train", {**base, "seed": seed, "sampling": sampling, "class_id": c}))
+    for seed in range(config.seeds):
+        for eps in config.eps_values:
+            attack = {**base, "seed": seed, "eps": eps,
+                      "attack": AttackConfig.attack, "direction": AttackConfig.direction}
+            specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
+            for c in classes:
+                for sampling in ("under", "over"):
+                    for source in ("self", "balanced"):
+                        specs.append(("evaluate", {**attack, "sampling": sampling, "class_id": c, "source": source}))
+    return [Step(entry, tuple(sorted(options.items())), step_key(entry, options, dataset_digest, code_version))
+            for entry, options in specs]

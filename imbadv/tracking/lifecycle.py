@@ -1,0 +1,66 @@
+"""The run a job logs into, and the study step it belongs to.
+
+The tracking URI is MLflow's own (MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the working
+directory). Every job run carries the job's name, host and process id, and the provenance tags.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import mlflow
+
+from imbadv.config import first_line
+from imbadv.tracking import store
+from imbadv.tracking.names import EXPERIMENT, TAG_ERROR, TAG_HOST, TAG_JOB, TAG_PID, TAG_STEP_KEY
+from imbadv.tracking.provenance import provenance_tags
+
+# Set by a study for the steps it runs: the parent run and the step's reuse key.
+_STEP_TAGS: ContextVar[dict[str, str] | None] = ContextVar("imbadv_step_tags", default=None)
+
+
+@contextmanager
+def step_tags(parent_run_id: str, step_key: str) -> Iterator[None]:
+    """Runs started inside are nested under `parent_run_id` and carry the step's reuse key."""
+    token = _STEP_TAGS.set({"mlflow.parentRunId": parent_run_id, TAG_STEP_KEY: step_key})
+    try:
+        yield
+    finally:
+        _STEP_TAGS.reset(token)
+
+
+def current_step_key() -> str | None:
+    """The reuse key of the study step running now, if any."""
+    return (_STEP_TAGS.get() or {}).get(TAG_STEP_KEY)
+
+
+@contextmanager
+def job_run(job: str, run_name: str, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The run a job logs into: `run_id` (resuming it), the one `mlflow run` created, or a new one.
+
+    On any exception the run gets an `imbadv.error` tag and ends FAILED; the exception propagates.
+    """
+    chosen_elsewhere = mlflow.active_run() is not None or _env_run_id() or os.environ.get("MLFLOW_EXPERIMENT_ID") \
+        or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    store.prepare(None if chosen_elsewhere else EXPERIMENT)
+    name = None if (_env_run_id() or run_id) else run_name
+    run = store.call(mlflow.start_run, run_id=run_id, run_name=name, tags=None if run_id else _STEP_TAGS.get())
+    status = "FINISHED"
+    try:
+        store.call(mlflow.set_tags, {TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+                                     **provenance_tags()})
+        yield run
+    except BaseException as error:
+        status = "FAILED"
+        store.call(mlflow.set_tag, TAG_ERROR, first_line(error)[:5000])
+        raise
+    finally:
+        store.call(mlflow.end_run, status)
+
+
+def _env_run_id() -> str | None:
+    return os.environ.get("MLFLOW_RUN_ID")

@@ -1,0 +1,92 @@
+"""The package's layers: the pure torch core knows nothing of MLflow, and each layer imports only those below it."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "imbadv"
+
+# layer -> the imbadv layers its modules may import (config is the bottom layer, imported by all)
+ALLOWED = {
+    "core": {"config", "core"},
+    "tracking": {"config", "core", "tracking"},
+    "jobs": {"config", "core", "tracking", "jobs"},
+    "study": {"config", "core", "tracking", "jobs", "study"},
+    "report": {"config", "core", "tracking", "report"},
+}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+            modules |= {f"{node.module}.{alias.name}" for alias in node.names if node.module == "imbadv"}
+    return modules
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_each_layer_imports_only_the_layers_below_it(layer):
+    for path in sorted((PACKAGE / layer).glob("*.py")):
+        layers = {m.split(".")[1] for m in _imported_modules(path) if m.startswith("imbadv.")}
+        assert layers <= ALLOWED[layer], f"{path.relative_to(PACKAGE.parent)} imports imbadv.{layers - ALLOWED[layer]}"
+
+
+def test_the_core_and_the_configs_import_no_mlflow():
+    for path in [PACKAGE / "config.py", *sorted((PACKAGE / "core").glob("*.py"))]:
+        third_party = {m.split(".")[0] for m in _imported_modules(path)}
+        assert "mlflow" not in third_party, f"{path.relative_to(PACKAGE.parent)} imports mlflow"
+    assert not {m for m in _imported_modules(PACKAGE / "config.py") if m.startswith("imbadv")}
+
+
+def test_the_layer_check_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from imbadv.tracking import names\n    from imbadv import study\n")
+    assert {"imbadv.tracking", "imbadv.study"} <= _imported_modules(bad)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["reproduce", "--help"],
+                                  ["report", "--help"], ["models", "--help"]])
+def test_help_imports_neither_mlflow_nor_torch(args):
+    code = ("import sys\nfrom imbadv.cli import main\nsys.argv = ['imbadv', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'torch', 'numpy', 'onnxruntime'})\n"
+            "print('HEAVY', heavy, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert "Usage" in result.stdout, result.stderr[-2000:]
+    assert "HEAVY []" in result.stderr, result.stderr[-2000:]
+
+
+WRITE = re.compile(r"^(log_\w+|set_tags?|set_registered_model_alias|delete_\w+|create_\w+|update_\w+|"
+                   r"register_model|start_run|end_run)$")
+
+
+def _unretried_writes(path: Path) -> list[str]:
+    """MLflow writes called directly rather than through `store.call` (which retries a locked store)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and WRITE.match(node.func.attr):
+            receiver = ast.unparse(node.func.value)
+            if receiver.split(".")[0] == "mlflow" or receiver in ("client", "MlflowClient()"):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node.func)}")
+    return found
+
+
+def test_every_mlflow_write_goes_through_the_retried_path():
+    paths = [p for p in PACKAGE.rglob("*.py") if p.name != "store.py"]  # store.py is the retried path
+    assert [w for p in paths for w in _unretried_writes(p)] == []
+
+
+def test_the_write_check_sees_a_direct_write(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("mlflow.log_metrics({})\nclient.delete_run('x')\nstore.call(mlflow.log_metrics, {})\n")
+    assert _unretried_writes(bad) == ["bad.py:1 mlflow.log_metrics", "bad.py:2 client.delete_run"]
