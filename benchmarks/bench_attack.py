@@ -1,5 +1,9 @@
 """Our FGSM (clean + adversarial evaluation of a batch) against torchattacks and ART.
 
+Result (2 CPU cores, VGG width 16, batch 500, --images 1000 --repeats 5): the same adversarial pixels as both;
+in fp32 ours evaluates 1.30x as fast as torchattacks 3.5 and 1.64x as fast as ART 1.20 in the default layout,
+1.80x and 2.28x in channels_last (the cpu preset's evaluation); bf16 1.99x torchattacks.
+
 First checks that all three give the same adversarial images (equal to 1e-6 on at least 99.9% of
 pixel values: a different kernel may only flip the sign of a near-zero gradient), then times the
 whole evaluation: clean predictions, the attack, adversarial predictions.
@@ -22,9 +26,9 @@ from common import arguments, model, print_table, test_images, timed
 from torch import nn
 
 import torchattacks
-from imbadv.attacks import fgsm_with_logits
+from imbadv.core.attacks import fgsm_with_logits
 from imbadv.config import AttackConfig
-from imbadv.inference import set_layout, to_unit
+from imbadv.core.inference import set_layout, to_unit
 
 EPS = 0.01  # section 3.2
 

@@ -1,4 +1,7 @@
-"""The study's step order (`imbadv.schedule`) against two plain phases, replayed on a finished study.
+"""The study's step order (`imbadv.study.schedule`) against two plain phases, replayed on a finished study.
+
+Result (the two-seed cpu study: 42 trainings, 82 evaluations, 216 minutes of step time at 2 jobs): the study's
+order ends 1.02x sooner than two phases at 2 jobs, 1.04x at 4 and 1.10x at 8.
 
 Each step of the study in the store takes the time its run took; the steps are handed to `--jobs`
 workers by each policy, and the makespans are compared. 'phases' runs the trainings in plan order and
@@ -18,9 +21,9 @@ from collections.abc import Callable
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imbadv import tracking
-from imbadv.schedule import Schedule
-from imbadv.study import Step
+from imbadv.tracking import names
+from imbadv.study.schedule import Schedule
+from imbadv.study.plan import Step
 
 _SAMPLING_ORDER = {"balanced": 0, "under": 1, "over": 2}
 
@@ -31,7 +34,7 @@ def study_steps(preset: str, data: str | None) -> dict[Step, float]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     steps: dict[Step, float] = {}
     for job in ("train", "evaluate"):
-        query = f"tags.`{tracking.TAG_JOB}` = '{job}' and params.`config.preset` = '{preset}' " \
+        query = f"tags.`{names.TAG_JOB}` = '{job}' and params.`config.preset` = '{preset}' " \
                 "and attributes.status = 'FINISHED'"
         if data:
             query += f" and params.`config.data` = '{data}'"

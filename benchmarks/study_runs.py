@@ -2,6 +2,8 @@
 duration, what it trained or attacked, and its summary metrics (per-epoch curves left out).
 
     MLFLOW_TRACKING_URI=sqlite:///study/mlflow.db python benchmarks/study_runs.py --output runs.csv
+
+gpu_study.sh writes one per call; an example: benchmarks/results/gpu_study-h200-paper-fast-c0-1-2-3-5-runs.csv.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main() -> None:
             for run in client.search_runs([experiment.experiment_id], max_results=50_000)]
     runs = sorted((run for run in runs if run.info.start_time), key=lambda run: run.info.start_time)
     if not runs:
-        raise SystemExit("study_runs.py: the tracking store holds no runs: set MLFLOW_TRACKING_URI to the study's store")
+        raise SystemExit("study_runs.py: the tracking store holds no runs: point MLFLOW_TRACKING_URI at the study's")
     first = runs[0].info.start_time
     metrics = sorted({key for run in runs for key in run.data.metrics if not key.startswith(EPOCH_CURVES)})
     with open(args.output, "w", newline="") as handle:
