@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imbadv.core.metrics import confusion_matrix, per_class_accuracy, relative_drop, write_confusion_csv
-from imbadv.core.plots import plot_adversarial_grid, plot_confusion
+from imbadv.core.plots import adversarial_grid_figure, plot_adversarial_grid, plot_confusion
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ("cat", "dog", "ship", "frog")
@@ -104,6 +104,29 @@ def test_plot_adversarial_grid_writes_png(tmp_path, count):
     path = plot_adversarial_grid(clean, adversarial, labels, clean_pred, adv_pred, NAMES, "fgsm eps=0.03",
                                  tmp_path / "grid" / "grid.png")
     _assert_png(path)
+
+
+def test_adversarial_grid_labels_overlap_neither_each_other_nor_the_images():
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    rng = np.random.default_rng(0)
+    clean = rng.random((8, 3, 32, 32)).astype(np.float32)
+    labels = np.arange(8)
+    fig = adversarial_grid_figure(clean, clean, labels, labels, (labels + 1) % 10, names,
+                                  "fgsm ascent, eps=0.01, source=balanced")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert {"clean", "adversarial", "true: automobile", "pred: ship"} <= {t.get_text() for t in texts}
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    images = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for i, (text, box) in enumerate(boxes):
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, text
+        assert not any(box.overlaps(image) for image in images), f"{text!r} is drawn over an image"
+        assert not any(box.overlaps(other) for _, other in boxes[i + 1:]), f"{text!r} overlaps another label"
+    plt.close(fig)
 
 
 def test_attack_success_rate_counts_only_images_correct_before_the_attack():

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def plot_confusion(confusion: np.ndarray, class_names: tuple[str, ...], title: str, path: Path) -> Path:
@@ -32,29 +33,40 @@ def plot_confusion(confusion: np.ndarray, class_names: tuple[str, ...], title: s
     return path
 
 
-def plot_adversarial_grid(clean: np.ndarray, adversarial: np.ndarray, labels: np.ndarray,
-                          clean_pred: np.ndarray, adv_pred: np.ndarray, class_names: tuple[str, ...],
-                          title: str, path: Path) -> Path:
-    """Clean images (top row) over their adversarial versions (bottom row), with predictions.
+def adversarial_grid_figure(clean: np.ndarray, adversarial: np.ndarray, labels: np.ndarray,
+                            clean_pred: np.ndarray, adv_pred: np.ndarray, class_names: tuple[str, ...],
+                            title: str) -> Figure:
+    """Clean images (top row) over their adversarial versions (bottom row): the true class above each
+    column, each prediction under its image (green when right, red when wrong).
 
-    Images are float (N, 3, H, W) in [0, 1].
+    Images are float (N, 3, H, W) in [0, 1]. Every label is an axis title or axis label, so the
+    constrained layout makes room for it instead of drawing it over an image.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = len(clean)
-    fig, axes = plt.subplots(2, count, figsize=(1.6 * count, 3.8), squeeze=False)
+    fig, axes = plt.subplots(2, count, figsize=(max(1.5 * count, 4.0), 4.0), squeeze=False, layout="constrained")
     for i in range(count):
+        axes[0, i].set_title(f"true: {class_names[labels[i]]}", fontsize=8)
         for row, (images, predicted) in enumerate(((clean, clean_pred), (adversarial, adv_pred))):
             ax = axes[row, i]
             ax.imshow(np.clip(images[i].transpose(1, 2, 0), 0, 1), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
             ok = predicted[i] == labels[i]
-            ax.set_title(class_names[predicted[i]], fontsize=8, color="green" if ok else "red")
-            ax.axis("off")
-        axes[0, i].text(0.5, 1.35, f"true: {class_names[labels[i]]}", fontsize=7, ha="center",
-                        transform=axes[0, i].transAxes)
-    axes[0, 0].text(-0.25, 0.5, "clean", rotation=90, va="center", transform=axes[0, 0].transAxes)
-    axes[1, 0].text(-0.25, 0.5, "adversarial", rotation=90, va="center", transform=axes[1, 0].transAxes)
+            ax.set_xlabel(f"pred: {class_names[predicted[i]]}", fontsize=8, labelpad=2,
+                          color="green" if ok else "red")
+    axes[0, 0].set_ylabel("clean")
+    axes[1, 0].set_ylabel("adversarial")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    return fig
+
+
+def plot_adversarial_grid(clean: np.ndarray, adversarial: np.ndarray, labels: np.ndarray,
+                          clean_pred: np.ndarray, adv_pred: np.ndarray, class_names: tuple[str, ...],
+                          title: str, path: Path) -> Path:
+    """`adversarial_grid_figure` written to `path` (PNG)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = adversarial_grid_figure(clean, adversarial, labels, clean_pred, adv_pred, class_names, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

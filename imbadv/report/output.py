@@ -10,8 +10,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from imbadv.report import cells, figures
-from imbadv.report.analysis import (COLUMNS, TABLE1_EPS, Estimate, cell_values, claims, column_means,
-                                    paper_column_means, table1)
+from imbadv.report.analysis import (COLUMNS, TABLE1_EPS, Estimate, cell_values, claims, class_scope, column_means,
+                                    is_plumbing, paper_column_means, study_scope, table1, with_results)
 from imbadv.tracking import store
 from imbadv.tracking.results import StudyResults
 
@@ -19,16 +19,40 @@ from imbadv.tracking.results import StudyResults
 BEYOND = tuple((column, cell.sampling, cell.source, metric) for column, cell, metric in cells.BEYOND)
 
 
+def _pct(value: float, sign: str = "") -> str:
+    return f"{value * 100:{sign}.1f}" if value == value else "-"
+
+
 def _table1_markdown(results: StudyResults, eps: float) -> tuple[list[list[str]], list[list[str]]]:
     rows = table1(results, eps)
     header = ["class"] + [f"{c} ours / paper" for c, _, _ in COLUMNS]
-    body = [[str(r["class_name"])] + [f"{r[c].text()} / {r['paper_' + c] * 100:.1f}" for c, _, _ in COLUMNS]
+    body = [[str(r["class_name"])] + [f"{r[c].text()} / {_pct(r['paper_' + c])}" for c, _, _ in COLUMNS]
             for r in rows]
     means = column_means(rows, len(results.seeds))
-    paper = paper_column_means()
-    body.append(["**mean**"] + [f"**{means[c].text()} / {paper[c] * 100:.1f}**" for c, _, _ in COLUMNS])
-    body.append(["difference (ours - paper)"] + [f"{(means[c].mean - paper[c]) * 100:+.1f}" for c, _, _ in COLUMNS])
+    paper = paper_column_means(rows)  # over the same classes as ours, column by column
+    body.append(["**mean**"] + [f"**{means[c].text()} / {_pct(paper[c])}**" for c, _, _ in COLUMNS])
+    body.append(["difference (ours - paper)"] + [_pct(means[c].mean - paper[c], "+") for c, _, _ in COLUMNS])
     return [header], body
+
+
+def _means_note(results: StudyResults, eps: float) -> str:
+    """Which classes each column's mean covers, when some column lacks some classes ('' otherwise)."""
+    rows = table1(results, eps)
+    covered = {c: with_results(rows, c) for c, _, _ in COLUMNS}
+    if all(len(ids) == len(results.class_names) for ids in covered.values()):
+        return ""
+    paper = paper_column_means()
+    return ("Each column's mean, ours and the paper's alike, is over the classes with results in that column: "
+            + "; ".join(f"{c}: {class_scope(results.class_names, ids)}" for c, ids in covered.items())
+            + ". The paper's means over all its ten classes are "
+            + ", ".join(f"{c} {_pct(paper[c])}" for c, _, _ in COLUMNS) + ".")
+
+
+def _plumbing_warning(results: StudyResults) -> str:
+    if not is_plumbing(results):
+        return ""
+    return (f"Plumbing check only: preset `{results.preset}` trains tiny models on a few hundred images for "
+            "seconds. Its numbers say nothing about the paper, and its claims get no verdict.")
 
 
 def _beyond_rows(results: StudyResults, eps: float) -> tuple[list[str], list[list[str]]]:
@@ -59,6 +83,13 @@ def _write_csvs(results: StudyResults, eps: float, folder: Path) -> None:
                 estimate, paper = r[column], r[f"paper_{column}"]
                 line += [estimate.mean, *estimate.interval, paper, estimate.mean - paper]
             writer.writerow(line)
+        # Each column's mean over the classes with results in it, and the paper's over the same classes.
+        means, paper_means = column_means(rows, len(results.seeds)), paper_column_means(rows)
+        line = ["", "mean"]
+        for column, _, _ in COLUMNS:
+            line += [means[column].mean, *means[column].interval, paper_means[column],
+                     means[column].mean - paper_means[column]]
+        writer.writerow(line)
     with open(folder / "claims.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["claim", "paper", "ours", "verdict"])
@@ -83,40 +114,51 @@ def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -
     beyond_header, beyond_body = _beyond_rows(results, eps)
     claim_rows = [[c.claim, c.paper, c.ours, c.verdict] for c in claims(results, eps)]
     seeds = len(results.seeds)
-    intro = (f"Dataset `{results.dataset}`, preset `{results.preset}`, {seeds} seed(s), FGSM ascent at eps = {eps:g} "
-             f"with the true label. Cells: accuracy (%) on the 1,000 test images of the target class"
+    warning = _plumbing_warning(results)
+    note = _means_note(results, eps)
+    intro = (f"Covers {study_scope(results)}. Dataset `{results.dataset}`, preset `{results.preset}`, FGSM ascent "
+             f"at eps = {eps:g} with the true label. Cells: accuracy (%) on the 1,000 test images of the target class"
              + (", mean [95% CI] over seeds." if seeds > 1 else "."))
+    table1_text = _markdown_table(header[0], body) + (f"\n\n{note}" if note else "")
     sections = [
-        ("Table 1: ours / the paper's", _markdown_table(header[0], body)),
+        ("Table 1: ours / the paper's", table1_text),
         ("Claims", _markdown_table(["claim", "paper", "ours", "verdict"], claim_rows)),
         ("Beyond the paper: attack success among correctly classified images, relative drop",
          "An under-sampled model already classifies its class worse before any attack. The attack success "
          "rate counts only images the model got right before the attack; the relative drop is (clean - "
          "adversarial) / clean.\n\n" + _markdown_table(beyond_header, beyond_body)),
     ]
-    markdown = [f"# imbadv study report: {results.dataset}, {results.preset}", "", intro, ""]
+    markdown = [f"# imbadv study report: {results.dataset}, {results.preset}", ""]
+    if warning:
+        markdown += [f"> **{warning}**", ""]
+    markdown += [intro, ""]
     for title, text in sections:
         markdown += [f"## {title}", "", text, ""]
     for title, path in images.items():
         markdown += [f"## {title}", "", f"![{title}]({path.name})", ""]
-    (folder / "table1.md").write_text(_markdown_table(header[0], body) + "\n")
+    (folder / "table1.md").write_text(table1_text + "\n")
     (folder / "report.md").write_text("\n".join(markdown))
-    (folder / "report.html").write_text(_html(results, intro, header[0], body, claim_rows, beyond_header,
-                                              beyond_body, images))
-    print(f"Table 1 ({results.dataset}, {results.preset}; ours / paper, %)")
-    print(_markdown_table(header[0], body).replace("**", ""))
+    (folder / "report.html").write_text(_html(results, warning, intro, note, header[0], body, claim_rows,
+                                              beyond_header, beyond_body, images))
+    if warning:
+        print(warning)
+    print(f"Table 1 ({results.dataset}, {results.preset}, {study_scope(results)}; ours / paper, %)")
+    print(table1_text.replace("**", ""))
     return {p.name: p for p in folder.iterdir()}
 
 
 def _html_table(header: list[str], body: list[list[str]], table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    """A table in a box that scrolls sideways when it is wider than the page; long column names may
+    break after their underscores."""
+    head = "".join(f"<th>{html.escape(h).replace('_', '_<wbr>')}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell.replace('**', ''))}</td>" for cell in row) + "</tr>"
                    for row in body)
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    table = f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    return f'<div class="scroll">{table}</div>'
 
 
-def _html(results: StudyResults, intro: str, header, body, claim_rows, beyond_header, beyond_body,
-          images: dict[str, Path]) -> str:
+def _html(results: StudyResults, warning: str, intro: str, note: str, header, body, claim_rows, beyond_header,
+          beyond_body, images: dict[str, Path]) -> str:
     figures_html = "".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}</figcaption></figure>'
@@ -126,14 +168,18 @@ def _html(results: StudyResults, intro: str, header, body, claim_rows, beyond_he
               "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
               "document.body.dataset.imagesTotal=i.length;});")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}"
+             ".scroll{overflow-x:auto;max-width:100%;margin:1em 0}"
+             "table{border-collapse:collapse;font-size:13px}#beyond{font-size:11px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,#claims td{text-align:left}"
+             "#plumbing{border:2px solid #c00;background:#fee;padding:.6em 1em;font-weight:bold}"
              "img{max-width:100%}figure{margin:1.5em 0}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>imbadv report: {html.escape(results.dataset)}"
             f"</title><style>{style}</style><script>{script}</script></head><body>"
             f"<h1>imbadv study report: {html.escape(results.dataset)}, {html.escape(results.preset)}</h1>"
-            f"<p>{html.escape(intro)}</p><h2>Table 1: ours / the paper's</h2>{_html_table(header, body, 'table1')}"
-            f"<h2>Claims</h2>{_html_table(['claim', 'paper', 'ours', 'verdict'], claim_rows, 'claims')}"
+            + (f'<p id="plumbing">{html.escape(warning)}</p>' if warning else "")
+            + f"<p>{html.escape(intro)}</p><h2>Table 1: ours / the paper's</h2>{_html_table(header, body, 'table1')}"
+            + (f'<p id="means-note">{html.escape(note)}</p>' if note else "")
+            + f"<h2>Claims</h2>{_html_table(['claim', 'paper', 'ours', 'verdict'], claim_rows, 'claims')}"
             f"<h2>Beyond the paper</h2>{_html_table(beyond_header, beyond_body, 'beyond')}"
             f"{figures_html}</body></html>")
 
