@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import typer
 
-from imbadv.config import PRESETS, ConfigError, EvaluateConfig, StudyConfig, TrainConfig, preset_values
+from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, StudyConfig, TrainConfig,
+                           parse_class_id, preset_values, resolve_evaluate_config, resolve_train_config)
 
 app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -33,10 +34,13 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from imbadv.core.export import OnnxMismatch
     from imbadv.core.trainer import TrainingDiverged
     from imbadv.study.engine import StudyFailed
+    from imbadv.study.reuse import ReuseError
     from imbadv.tracking.registry import RegistryError
+    from imbadv.tracking.results import MixedVersions
     from imbadv.tracking.store import StoreUnreachable
 
-    return ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged, StudyFailed, StoreUnreachable
+    return (ConfigError, DataError, RegistryError, OnnxMismatch, TrainingDiverged, StudyFailed, ReuseError,
+            MixedVersions, StoreUnreachable)
 
 
 @contextlib.contextmanager
@@ -44,7 +48,10 @@ def _one_line_errors() -> Iterator[None]:
     """Known errors end the command with `imbadv: error: <message>` and exit code 1, no traceback."""
     try:
         yield
-    except _known_errors() as error:
+    except Exception as error:
+        # a ConfigError is matched first: the other error classes load torch and MLflow
+        if not isinstance(error, ConfigError) and not isinstance(error, _known_errors()):
+            raise
         typer.echo(f"imbadv: error: {error}", err=True)
         raise typer.Exit(code=1) from None
 
@@ -79,7 +86,7 @@ def config_command(cls: type, job: Callable[..., Any],
     parameters = list(extra)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
-        kind = _option_type(hints[field.name])
+        kind = str if field.name == "class_id" else _option_type(hints[field.name])  # an id or a class name
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
         option = typer.Option(None, *decls, help=_help_text(cls, field), show_default=False)
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option,
@@ -87,6 +94,8 @@ def config_command(cls: type, job: Callable[..., Any],
 
     def command(**options: Any) -> None:
         with _one_line_errors():
+            if "class_id" in options:
+                options["class_id"] = parse_class_id(options["class_id"])
             job(**options)
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
@@ -95,28 +104,37 @@ def config_command(cls: type, job: Callable[..., Any],
 
 
 def _train(**options: Any) -> None:
+    resolve_train_config(**{k: v for k, v in options.items() if k != "resume"})  # bad options: no torch, no run
     from imbadv.jobs.train import run_train
 
     run_train(**options)
 
 
 def _evaluate(**options: Any) -> None:
+    resolve_evaluate_config(**options)  # bad options fail here, before torch and MLflow load
     from imbadv.jobs.evaluate import run_evaluate
 
     run_evaluate(**options)
 
 
 def _reproduce(**options: Any) -> None:
+    config = StudyConfig(**{k: v for k, v in options.items() if v is not None})
+    _ = config.eps_values  # a bad eps or class fails here, before torch and MLflow load
+    if config.classes != "all":
+        config.class_ids(num_classes=10**6)  # the dataset's own count is checked once it is loaded
     from imbadv.study.engine import run_study
 
-    outcome = run_study(StudyConfig(**{k: v for k, v in options.items() if v is not None}))
+    outcome = run_study(config)
     typer.echo(f"study run {outcome.parent_run_id}: {len(outcome.ran)} steps ran, {len(outcome.reused)} reused, "
                f"{outcome.seconds:.0f} s")
 
 
-def report(preset: str = typer.Option(StudyConfig.preset, help="Preset of the study."),
-           data: str = typer.Option(StudyConfig.data, help="Data source of the study, as for train."),
-           output_dir: str = typer.Option("reports", help="Folder for <dataset>-<preset>/.")) -> None:
+def report(preset: str = typer.Option(StudyConfig.preset, show_default=False,
+                                      help=f"Preset of the study (default: {StudyConfig.preset})."),
+           data: str = typer.Option(StudyConfig.data, show_default=False,
+                                    help=f"Data source of the study, as for train (default: {StudyConfig.data})."),
+           output_dir: str = typer.Option("reports", show_default=False,
+                                          help="Folder for <dataset>-<preset>/ (default: reports).")) -> None:
     """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
     from imbadv.tracking import store
     from imbadv.report.output import run_report

@@ -28,6 +28,23 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the problem and the fix."""
 
 
+# CIFAR-10's labels in its own order (0-9); a class may be named by these wherever an id is asked for.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def parse_class_id(value: str | int | None) -> int | None:
+    """A class id from an id (`3`) or a CIFAR-10 class name (`cat`)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if text.lower() in CIFAR10_CLASSES:
+        return CIFAR10_CLASSES.index(text.lower())
+    raise ConfigError(f"unknown class {value!r}: pass a class id (0-9 for CIFAR-10) or a CIFAR-10 class name "
+                      f"({', '.join(CIFAR10_CLASSES)})")
+
+
 def model_label(sampling: str, class_id: int | None) -> str:
     """`balanced`, `under-c<k>` or `over-c<k>`: the model in run names, registry names and messages."""
     return sampling if class_id is None else f"{sampling}-c{class_id}"
@@ -58,7 +75,8 @@ class ModelSelection:
         "Training set: 'balanced', 'under' (class c cut to minority-count) or 'over' (class c "
         "kept, every other class cut to minority-count)."))
     class_id: int | None = field(default=None, metadata=_help(
-        "The under- or over-sampled class (0-based label); required unless sampling=balanced."))
+        "The under- or over-sampled class: a 0-based label or a CIFAR-10 class name (cat); required unless "
+        "sampling=balanced."))
     preset: str = field(default="paper", metadata=_help(
         "Named set of config values: 'paper' (the paper's, fp32), 'paper-fast' (paper plus a GPU's "
         "fast paths), 'cpu' (a 2-core machine) or 'smoke' (seconds, for tests)."))
@@ -175,6 +193,11 @@ class EvaluateConfig(ModelSelection, AttackConfig):
     source: str = field(default="self", metadata=_help(
         "Whose gradient crafts the attack: 'self' (white-box), 'balanced' (the balanced model of the "
         "same data, preset and seed: black-box) or a models:/ URI."))
+    target_uri: str | None = field(default=None, metadata=_help(
+        "The exact version to attack, models:/<name>/<version> (default: the selection's alias "
+        "<preset>-s<seed>); a study pins the versions its own trainings made."))
+    source_uri: str | None = field(default=None, metadata=_help(
+        "With --source balanced: the exact version of the balanced model, models:/<name>/<version>."))
     batch_size: int = field(default=500, metadata=_help("Images per attack batch (independent of training)."))
     precision: Precision = field(default="fp32", metadata=_help(
         "'fp32', or 'bf16' autocast for the attack's forward and backward passes."))
@@ -190,6 +213,13 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         _positive(self, "batch_size")
         if self.precision not in get_args(Precision):
             raise ConfigError(f"unknown precision {self.precision!r}: use fp32 or bf16")
+        for name in ("target_uri", "source_uri"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("models:/"):
+                raise ConfigError(f"{name.replace('_', '-')} {value!r} is not a registry URI: pass "
+                                  "models:/<name>/<version>")
+        if self.source_uri is not None and self.source != "balanced":
+            raise ConfigError("--source-uri pins the balanced source: use it with --source balanced")
 
     def attack_config(self) -> AttackConfig:
         """The attack part alone, as the pure attack functions take it."""
@@ -207,7 +237,7 @@ class StudyConfig:
     data: str = field(default=ModelSelection.data, metadata={"help": "Data source, as for train."})
     eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
         "help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})
-    classes: str = field(default="all", metadata={"help": "'all' or comma-separated class ids."})
+    classes: str = field(default="all", metadata={"help": "'all', or comma-separated class ids or CIFAR-10 names."})
     jobs: int = field(default=1, metadata={"help": "Steps run at once, each in its own process."})
     force: bool = field(default=False, metadata={"help": "Rerun steps even when a finished run matches."})
     cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "Cache, as for train."})
@@ -233,10 +263,10 @@ class StudyConfig:
         if self.classes == "all":
             return tuple(range(num_classes))
         try:
-            ids = tuple(int(v) for v in self.classes.split(","))
-        except ValueError as error:
-            raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids: pass e.g. "
-                              "--classes 3,5") from error
+            ids = tuple(parse_class_id(v) for v in self.classes.split(","))
+        except ConfigError as error:
+            raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids or CIFAR-10 class names: "
+                              "pass e.g. --classes 3,5 or --classes cat,dog") from error
         bad = [c for c in ids if not 0 <= c < num_classes]
         if bad:
             raise ConfigError(f"class ids {bad} are outside this dataset's {num_classes} classes: pass ids "

@@ -48,10 +48,11 @@ class AttackResult:
 
 
 def run_name(config: EvaluateConfig) -> str:
-    """`eval-<model>-<attack>-<direction>-eps<eps>-src-<self|balanced|uri>`."""
-    source = config.source if config.source in ("self", "balanced") else "uri"
-    return (f"eval-{model_label(config.sampling, config.class_id)}-{config.attack}-{config.direction}-"
-            f"eps{config.eps:g}-src-{source}")
+    """`eval-<whitebox|blackbox|transfer>-<model>-<attack>-<direction>-eps<eps>`: what tells runs apart first,
+    since the MLflow UI cuts names short."""
+    kind = {"self": "whitebox", "balanced": "blackbox"}.get(config.source, "transfer")
+    return (f"eval-{kind}-{model_label(config.sampling, config.class_id)}-{config.attack}-{config.direction}-"
+            f"eps{config.eps:g}")
 
 
 def run_evaluate(**options: Any) -> EvaluateOutcome:
@@ -66,10 +67,12 @@ def run_evaluate(**options: Any) -> EvaluateOutcome:
         if config.target_label is not None and config.target_label >= dataset.num_classes:
             raise ConfigError(f"target label {config.target_label} is outside this dataset's "
                               f"{dataset.num_classes} classes: pass --target-label 0 to {dataset.num_classes - 1}")
-        store.call(mlflow.set_tags, {names.TAG_TARGET: f"{target.name}/{target.version}",
-                         names.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
-                         names.TAG_ATTACK: f"{config.attack}-{config.direction}", names.TAG_EPS: str(config.eps),
-                         "imbadv.whitebox": str(source is target), "imbadv.device": str(device)})
+        store.call(mlflow.set_tags, {
+            names.TAG_TARGET: f"{target.name}/{target.version}",
+            names.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
+            names.TAG_ATTACK: f"{config.attack}-{config.direction}", names.TAG_EPS: str(config.eps),
+            "imbadv.whitebox": str(source is target), "imbadv.device": str(device),
+            names.TAG_THREADS: str(torch.get_num_threads())})
         result = attack_test_set(target, source, dataset, config, device)
         onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device)
         per_class = _log_metrics_and_artifacts(result, onnx_pred, dataset, config)
@@ -82,7 +85,8 @@ def run_evaluate(**options: Any) -> EvaluateOutcome:
 
 def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
                     device: torch.device) -> tuple[RegisteredModel, RegisteredModel]:
-    target = load_registered(names.model_uri(config, dataset.name), device)
+    target = load_registered(config.target_uri or names.model_uri(config, dataset.name), device)
+    _check_is(target, config.sampling, config.class_id, dataset.name)
     if target.dataset_digest != dataset.digest:
         raise RegistryError(f"{target.uri} was trained on other data than {config.data}: evaluate it on the "
                             "dataset it was trained on")
@@ -90,16 +94,26 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
         return target, target
     if config.source == "balanced":
         balanced = dataclasses.replace(config, sampling="balanced", class_id=None)
-        source_uri = names.model_uri(balanced, dataset.name)
+        source_uri = config.source_uri or names.model_uri(balanced, dataset.name)
     elif config.source.startswith("models:/"):
         source_uri = config.source
     else:
         raise ConfigError(f"unknown source {config.source!r}: use self, balanced or a models:/ URI")
     source = load_registered(source_uri, device)
+    if config.source == "balanced":
+        _check_is(source, "balanced", None, dataset.name)
     if source.dataset_digest != target.dataset_digest:
         raise RegistryError(f"source {source_uri} was trained on other data than target {target.uri}: "
                             "pick a source trained on the same dataset")
     return target, source
+
+
+def _check_is(model: RegisteredModel, sampling: str, class_id: int | None, dataset: str) -> None:
+    """Refuse a pinned version of another model than the one the options select."""
+    expected = names.registered_model_name(dataset, sampling, class_id)
+    if model.name != expected:
+        raise ConfigError(f"{model.uri} is a version of {model.name}, not of {expected}: pass a version of "
+                          f"{expected}, or options that select {model.name}")
 
 
 def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: ImageDataset,

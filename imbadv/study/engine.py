@@ -25,26 +25,14 @@ from tqdm.auto import tqdm
 from imbadv.config import StudyConfig, first_line
 from imbadv.core.data import load_dataset
 from imbadv.study.plan import Step, plan, step_key
-from imbadv.study.schedule import Schedule, model_of
+from imbadv.study import reuse
+from imbadv.study.schedule import Model, Schedule, model_of
 from imbadv.tracking import lifecycle, names, provenance, store
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock
     fcntl = None
-
-
-def finished_steps(experiment_id: str, keys: list[str]) -> dict[str, str]:
-    """Step key -> run id of a FINISHED run with that key in the experiment."""
-    found: dict[str, str] = {}
-    wanted = set(keys)
-    runs = MlflowClient().search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                      max_results=50000)
-    for run in runs:
-        key = run.data.tags.get(names.TAG_STEP_KEY)
-        if key in wanted and key not in found:
-            found[key] = run.info.run_id
-    return found
 
 
 def discard_unfinished(experiment_id: str, step: Step) -> None:
@@ -127,9 +115,8 @@ def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, step
             store.call(mlflow.log_params, {names.CONFIG_PARAM_PREFIX + k: str(v) for k, v in asdict(config).items()
                                            if k not in ("force", "jobs", "cache_dir", "device")})
         experiment_id = parent.info.experiment_id
-        done = {} if config.force else finished_steps(experiment_id, [s.key for s in steps])
-        outcome = StudyOutcome(parent.info.run_id, [], [s.label for s in steps if s.key in done], [], 0.0)
-        _drive_pool(config, steps, set(done), experiment_id, outcome)
+        outcome = StudyOutcome(parent.info.run_id, [], [], [], 0.0)
+        _drive_pool(config, steps, dataset_digest, experiment_id, outcome)
         outcome.seconds = time.monotonic() - start
         store.call(mlflow.log_metrics, {"steps_total": len(steps), "steps_reused": len(outcome.reused),
                                         "steps_ran": len(outcome.ran), "steps_failed": len(outcome.failed)})
@@ -139,18 +126,30 @@ def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, step
     return outcome
 
 
-def _drive_pool(config: StudyConfig, steps: list[Step], done: set[str], experiment_id: str,
+def _drive_pool(config: StudyConfig, steps: list[Step], dataset_digest: str, experiment_id: str,
                 outcome: StudyOutcome) -> None:
-    """Run the steps not in `done` on `config.jobs` worker processes, in the schedule's order.
+    """Run the steps that are not finished on `config.jobs` worker processes, in the schedule's order.
 
-    A failed step is recorded in `outcome.failed`, with the steps that can no longer run; the others go on.
+    Finished trainings are reused first; each evaluation, once its models are trained, is pinned to
+    their exact versions and reused if a finished run has that key. A failed step is recorded in
+    `outcome.failed`, with the steps that can no longer run; the others go on.
     """
-    todo = [s for s in steps if s.key not in done]
+    finished = {} if config.force else reuse.finished_steps(experiment_id)
+    code = provenance.code_version()
+    versions: dict[Model, str] = {}  # the study's models: (seed, sampling, class_id) -> models:/<name>/<version>
+    todo = []
+    for step in steps:
+        run_id = None if config.force or step.entry != "train" else \
+            reuse.finished_training(step, finished, dataset_digest)
+        if run_id is None:
+            todo.append(step)
+        else:
+            versions[model_of(dict(step.options))] = reuse.registered_version(run_id)
+            outcome.reused.append(step.label)
     log_dir = Path(config.cache_dir).expanduser() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // config.jobs)
-    trained = {model_of(dict(s.options)) for s in steps if s.entry == "train" and s.key in done}
-    schedule = Schedule(todo, trained)
+    schedule = Schedule(todo, set(versions))
     bar = tqdm(total=len(steps), initial=len(steps) - len(todo), desc="study", unit="step")
     pending: dict[Future, Step] = {}
     with ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn")) as pool:
@@ -159,17 +158,25 @@ def _drive_pool(config: StudyConfig, steps: list[Step], done: set[str], experime
                 outcome.failed.append(f"{step.label}: {reason}")
                 bar.update(1)
             while len(pending) < config.jobs and (step := schedule.next_ready()) is not None:
+                if step.entry == "evaluate":
+                    step = reuse.pin_models(step, versions, dataset_digest, code)
+                    if step.key in finished:
+                        outcome.reused.append(step.label)
+                        bar.update(1)
+                        continue
                 discard_unfinished(experiment_id, step)
                 pending[pool.submit(_run_step, step, outcome.parent_run_id, experiment_id, config.cache_dir,
                                     config.device, str(log_dir), threads)] = step
             if not pending:
                 break
             bar.set_postfix(running=len(pending), waiting=schedule.waiting)
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
                 step = pending.pop(future)
                 try:
-                    future.result()
+                    run_id = future.result()
+                    if step.entry == "train":
+                        versions[model_of(dict(step.options))] = reuse.registered_version(run_id)
                     outcome.ran.append(step.label)
                     schedule.finished(step, succeeded=True)
                 except Exception as error:  # the step's run is FAILED; the study goes on

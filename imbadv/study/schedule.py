@@ -18,14 +18,15 @@ if TYPE_CHECKING:
     from imbadv.study.plan import Step
 
 _TRAINING_ORDER = {"balanced": 0, "under": 1, "over": 2}  # largest training set first
+Model = tuple[int, str, "int | None"]  # (seed, sampling, class_id): one model of the study
 
 
-def model_of(options: dict[str, Any]) -> tuple[int, str, int | None]:
+def model_of(options: dict[str, Any]) -> Model:
     """The model a training makes, or an evaluation attacks: (seed, sampling, class_id)."""
     return options["seed"], options["sampling"], options.get("class_id")
 
 
-def models_needed(step: Step) -> set[tuple[int, str, int | None]]:
+def models_needed(step: Step) -> set[Model]:
     """Models an evaluation needs trained: its target, and the balanced model for a black-box attack."""
     options = dict(step.options)
     if step.entry != "evaluate":
@@ -39,14 +40,14 @@ def models_needed(step: Step) -> set[tuple[int, str, int | None]]:
 class Schedule:
     """Hands out the next step to run, given which trainings have finished or failed."""
 
-    def __init__(self, todo: list[Step], trained: set[tuple[int, str, int | None]]) -> None:
+    def __init__(self, todo: list[Step], trained: set[Model]) -> None:
         trainings = [s for s in todo if s.entry == "train"]
         trainings.sort(key=lambda s: _TRAINING_ORDER[dict(s.options)["sampling"]])  # stable: plan order within
         self._waiting = trainings + [s for s in todo if s.entry == "evaluate"]
         self._needs = {s.key: models_needed(s) for s in todo}
         self._trained = set(trained)
         self._training = {model_of(dict(s.options)) for s in trainings}  # waiting or running
-        self._failed: dict[tuple[int, str, int | None], str] = {}  # model -> label of its failed training
+        self._failed: dict[Model, str] = {}  # model -> label of its failed training
 
     @property
     def waiting(self) -> int:

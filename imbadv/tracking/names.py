@@ -24,6 +24,7 @@ TAG_TRAIN_KEY = "imbadv.train_key"
 TAG_HOST = "imbadv.host"
 TAG_PID = "imbadv.pid"
 TAG_STUDY_KEY = "imbadv.study_key"
+TAG_THREADS = "imbadv.threads"  # torch's intra-op threads: bit-identical weights need the same count
 
 # Artifact paths.
 MODEL_ARTIFACT = "model"

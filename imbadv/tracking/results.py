@@ -33,6 +33,8 @@ class Evaluation:
     source: str  # "self" or "balanced"
     metrics: dict[str, float]
     confusion: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+    target_version: str = ""  # <name>/<version> of the attacked model
+    source_version: str = ""  # <name>/<version> of the black-box source, "self" when white-box
 
     def per_class(self, name: str, k: int) -> float:
         return self.metrics.get(f"{name}_c{k}", float("nan"))
@@ -69,7 +71,9 @@ def _evaluation(run: Run) -> Evaluation | None:
         return None
     return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]),
                       sampling=p[P + "sampling"], class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
-                      source=source, metrics=dict(run.data.metrics))
+                      source=source, metrics=dict(run.data.metrics),
+                      target_version=run.data.tags.get(names.TAG_TARGET, ""),
+                      source_version=run.data.tags.get(names.TAG_SOURCE, ""))
 
 
 def load_results(dataset: str, preset: str, with_confusions: bool = True) -> StudyResults:
@@ -88,6 +92,7 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True) -> Stu
         key = (evaluation.seed, evaluation.eps, evaluation.sampling, evaluation.class_id, evaluation.source)
         newest.setdefault(key, evaluation)  # runs come newest first
     evaluations = list(newest.values())
+    check_one_version_per_model(evaluations)
     class_names: tuple[str, ...] = ()
     if evaluations:
         class_names = tuple(row["class_name"] for row in _csv_rows(evaluations[0].run_id, names.PER_CLASS_ARTIFACT))
@@ -98,6 +103,26 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True) -> Stu
         filter_string=(f"tags.`{names.TAG_JOB}` = 'study' and tags.`{names.TAG_DATASET}` = '{dataset}' and "
                        f"params.`{P}preset` = '{preset}'"))
     return StudyResults(dataset, preset, class_names, evaluations, studies[0].info.run_id if studies else None)
+
+
+class MixedVersions(RuntimeError):
+    """A study's evaluations attack different versions of one model."""
+
+
+def check_one_version_per_model(evaluations: list[Evaluation]) -> None:
+    """Refuse results whose evaluations of one seed attack, or attack from, several versions of a model."""
+    seen: dict[tuple[int, str], set[str]] = {}
+    for e in evaluations:
+        for model_version in (e.target_version, e.source_version):
+            name, _, version = model_version.rpartition("/")
+            if name:
+                seen.setdefault((e.seed, name), set()).add(version)
+    mixed = sorted((seed, name, sorted(versions, key=int)) for (seed, name), versions in seen.items()
+                   if len(versions) > 1)
+    if mixed:
+        seed, name, versions = mixed[0]
+        raise MixedVersions(f"the newest evaluations of seed {seed} attack versions {', '.join(versions)} of {name}: "
+                            "rerun `imbadv reproduce` with the study's options to evaluate one version throughout")
 
 
 def _csv_rows(run_id: str, path: str) -> list[dict[str, str]]:
