@@ -8,12 +8,18 @@ BIN := $(VENV)/bin
 IMBADV := $(BIN)/imbadv
 OPTIONS := --preset $(PRESET) --data $(DATA)
 
-.PHONY: setup demo test test-fast lint
+.PHONY: setup setup-test demo test test-fast lint
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
+# The package alone, for the demo; the test tools (ART, PostgreSQL driver, ruff) only for the tests.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
@@ -25,11 +31,11 @@ demo: setup
 	$(IMBADV) models
 	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
-test: setup
+test: setup-test
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup-test
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check .

@@ -162,3 +162,23 @@ def test_a_missing_cuda_device_is_a_one_line_error(store, small_data, session_ca
                                  "--cache-dir", str(session_cache)])
     assert result.exit_code == 1, result.output
     assert_one_error_line(result.stderr, "device 'cuda' asked for but no CUDA device is present: pass --device cpu")
+
+
+def test_a_class_may_be_named_and_an_unknown_name_is_a_one_line_error(store, small_data, session_cache):
+    result = runner.invoke(app, ["train", "--preset", "smoke", "--device", "cpu", "--data", str(small_data),
+                                 "--sampling", "under", "--class-id", "kat", "--cache-dir", str(session_cache)])
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "unknown class 'kat': pass a class id (0-9 for CIFAR-10) or a CIFAR-10")
+    from imbadv.config import StudyConfig, parse_class_id
+
+    assert parse_class_id("cat") == 3 and parse_class_id("Truck") == 9 and parse_class_id("5") == 5
+    assert StudyConfig(classes="cat,dog").class_ids(10) == (3, 5)
+
+
+def test_a_bad_option_fails_before_torch_and_mlflow_load():
+    code = ("import sys\nfrom imbadv.cli import main\n"
+            "try:\n    main(['train', '--sampling', 'Over', '--class-id', '3'])\nexcept SystemExit as e:\n"
+            "    print('EXIT', e.code, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow'}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "EXIT 1 []" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert_one_error_line(result.stderr, "unknown sampling 'Over'")

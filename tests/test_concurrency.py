@@ -128,3 +128,14 @@ def test_eight_trainings_at_once_all_finish_and_register_with_the_alias_on_the_n
     assert sorted(int(v.version) for v in versions) == list(range(1, 9))
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)
     assert int(client.get_model_version_by_alias(name, "smoke-s0").version) == 8
+
+
+def test_the_experiment_is_marked_for_model_training_so_the_ui_opens_on_its_runs(store):
+    from imbadv.tracking import store as tracking_store
+
+    client = MlflowClient()
+    made = tracking_store.prepare("imbadv")
+    assert client.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("made-elsewhere")
+    tracking_store.prepare("made-elsewhere")
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"

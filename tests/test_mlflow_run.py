@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def mlflow_run(entry: str, params: dict[str, str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", entry]
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "imbadv",
+            "-e", entry]  # as the README says
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
@@ -29,10 +30,11 @@ def test_mlflow_run_train_then_evaluate_log_into_the_project_run(store, shared_a
                                  "data": str(shared_archive)}, env, tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     client = MlflowClient()
-    runs = client.search_runs(["0"])
+    imbadv = client.get_experiment_by_name("imbadv").experiment_id  # beside the CLI's runs
+    runs = client.search_runs([imbadv])
     assert len(runs) == 1  # the job logged into the run that `mlflow run` created
     run = runs[0]
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name == "train-over-c3-smoke-s0"  # named as the CLI does
     assert run.data.params["sampling"] == "over" and run.data.params["config.sampling"] == "over"
     assert run.data.params["config.epochs"] == "2"  # empty MLproject parameter -> the preset's value
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
@@ -43,8 +45,9 @@ def test_mlflow_run_train_then_evaluate_log_into_the_project_run(store, shared_a
     evaluate = mlflow_run("evaluate", {"sampling": "over", "class_id": "3", "preset": "smoke",
                                        "data": str(shared_archive), "eps": "0.02"}, env, tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    runs = client.search_runs(["0"], filter_string="tags.`mlflow.project.entryPoint` = 'evaluate'")
+    runs = client.search_runs([imbadv], filter_string="tags.`mlflow.project.entryPoint` = 'evaluate'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_name == "eval-whitebox-over-c3-fgsm-ascent-eps0.02"
     metrics = runs[0].data.metrics
     assert metrics["onnx_clean_acc"] == pytest.approx(metrics["clean_acc"])
     assert metrics["clean_acc"] == pytest.approx(run.data.metrics["test_acc"])
@@ -53,5 +56,5 @@ def test_mlflow_run_train_then_evaluate_log_into_the_project_run(store, shared_a
     bad = mlflow_run("evaluate", {"preset": "smoke", "data": str(shared_archive), "eps": "2"}, env, tmp_path)
     assert bad.returncode != 0
     assert "eps 2.0 is outside [0, 1]" in bad.stderr
-    failed = client.search_runs(["0"], filter_string="attributes.status = 'FAILED'")
+    failed = client.search_runs([imbadv], filter_string="attributes.status = 'FAILED'")
     assert len(failed) == 1

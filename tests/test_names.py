@@ -15,11 +15,12 @@ def test_run_names_come_from_the_resolved_config():
     assert train_run_name(resolve_train_config()) == "train-balanced-paper-s0"  # the config's defaults
     assert evaluate_run_name(resolve_evaluate_config(sampling="under", class_id=5, attack="ifgsm",
                                                      direction="descent", eps=0.03, source="balanced")) == \
-        "eval-under-c5-ifgsm-descent-eps0.03-src-balanced"
+        "eval-blackbox-under-c5-ifgsm-descent-eps0.03"
 
 
 def test_an_eps_of_zero_is_named_as_such():
-    assert evaluate_run_name(resolve_evaluate_config(eps=0.0)) == "eval-balanced-fgsm-ascent-eps0-src-self"
+    assert evaluate_run_name(resolve_evaluate_config(eps=0.0)) == "eval-whitebox-balanced-fgsm-ascent-eps0"
+    assert evaluate_run_name(resolve_evaluate_config(source="models:/m/1")).startswith("eval-transfer-")
 
 
 def test_one_model_label_everywhere():

@@ -57,7 +57,7 @@ def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
         log.log_config(config)
         store.call(mlflow.set_tag, names.TAG_TRAIN_KEY, train_key(config))
         device = resolve_device(config.device)
-        store.call(mlflow.set_tag, "imbadv.device", str(device))
+        store.call(mlflow.set_tags, {"imbadv.device": str(device), names.TAG_THREADS: str(torch.get_num_threads())})
         dataset = load_dataset(config.data, config.cache_dir)
         recorded = run.data.tags.get(names.TAG_DATASET_DIGEST)
         if recorded and recorded != dataset.digest:

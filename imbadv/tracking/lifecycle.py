@@ -51,8 +51,9 @@ def job_run(job: str, run_name: str, run_id: str | None = None) -> Iterator[mlfl
     run = store.call(mlflow.start_run, run_id=run_id, run_name=name, tags=None if run_id else _STEP_TAGS.get())
     status = "FINISHED"
     try:
+        named = {"mlflow.runName": run_name} if _env_run_id() and not run_id else {}  # `mlflow run` names none
         store.call(mlflow.set_tags, {TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
-                                     **provenance_tags()})
+                                     **provenance_tags(), **named})
         yield run
     except BaseException as error:
         status = "FAILED"

@@ -124,12 +124,19 @@ def prepare(experiment: str | None = None) -> str | None:
     return experiment_id
 
 
+# The MLflow UI opens an experiment of this kind on its runs, not on the GenAI traces view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _get_or_create(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get("mlflow.experimentKind") is None:  # made by an older imbadv or by hand
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     except MlflowException as error:  # another process created it in between
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
