@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -90,6 +95,75 @@ def store(tmp_path, monkeypatch) -> str:
         os.environ.pop(name, None)
     mlflow.set_registry_uri(None)  # and set_registry_uri exports the registry: forget both
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+@contextmanager
+def _tracking_store(folder: Path, patch: pytest.MonkeyPatch) -> Iterator[str]:
+    """What `store` does, for any scope: a SQLite store in `folder`, which becomes the working directory."""
+    patch.chdir(folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in STATE_VARIABLES:
+        patch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        for name in STATE_VARIABLES:  # mlflow.set_experiment exports the active experiment
+            os.environ.pop(name, None)
+        mlflow.set_registry_uri(None)  # and set_registry_uri exports the registry: forget both
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory) -> Iterator[str]:
+    """`store` shared by the tests of one module (e.g. several checks of one finished study).
+
+    A function-scoped `store` test in the same module repoints MLflow's process-wide URIs, so tests
+    on this store should name it: MlflowClient(module_store, module_store) and MLFLOW_TRACKING_URI
+    in the environment of the commands they start.
+    """
+    with pytest.MonkeyPatch.context() as patch, _tracking_store(tmp_path_factory.mktemp("store"), patch) as uri:
+        yield uri
+
+
+def _group_is_running(pgid: int) -> bool:
+    """Whether a process of the group is still there (zombies do not count: they can do nothing more)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: reparented zombies get reaped
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while being read
+        if group == str(pgid) and state != "Z":
+            return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def sigkill_group() -> Callable[[subprocess.Popen], None]:
+    """SIGKILL a command started with start_new_session=True together with every process it started
+    (e.g. a study's workers), and return once none of them is left: what the store holds afterwards
+    is all they wrote, and nothing changes it any more."""
+
+    def kill(process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 120  # a safety net: killed processes go in milliseconds
+        while _group_is_running(process.pid):
+            assert time.monotonic() < deadline, f"process group {process.pid} still runs 120 s after SIGKILL"
+            time.sleep(0.05)
+
+    return kill
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -10,13 +11,15 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imbadv import tracking
+from imbadv.tracking import names
 from imbadv.config import ConfigError
-from imbadv.study import StudyConfig, plan
+from imbadv.config import StudyConfig
+from imbadv.study.plan import plan
 
 
 def test_plan_has_the_papers_21_models_and_41_evaluations_per_seed_and_eps():
@@ -41,78 +44,141 @@ def test_bad_study_options(options, message):
         plan(StudyConfig(**options), 10, "d", "c")
 
 
-def _reproduce(store: str, data: Path, cache: Path, cwd: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "IMBADV_CACHE": str(cache)}
-    return subprocess.Popen([sys.executable, "-m", "imbadv", "reproduce", "--preset", "smoke", "--data", str(data),
-                             "--classes", "3,5", "--device", "cpu", *extra], env=env, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+STEPS = 14  # --classes 3,5: 5 trainings and 9 evaluations
+MODELS = ("balanced", "under-c3", "over-c3", "under-c5", "over-c5")
+
+
+def _env(store: str, cache: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**env, "MLFLOW_TRACKING_URI": store, **({"IMBADV_CACHE": str(cache)} if cache else {})}
+
+
+def _reproduce(store: str, data: Path, cache: Path, cwd: Path, output: Path) -> subprocess.Popen:
+    """The smoke study of classes 3 and 5, its output going to the file `output`."""
+    with output.open("w") as log:  # a file, not a pipe: a pipe nobody reads while the study runs can fill up
+        return subprocess.Popen([sys.executable, "-m", "imbadv", "reproduce", "--preset", "smoke", "--data", str(data),
+                                 "--classes", "3,5", "--device", "cpu"], env=_env(store, cache), cwd=cwd,
+                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _complete(process: subprocess.Popen, output: Path, timeout: float = 1200) -> str:
+    """Wait for a command to end (`timeout` is only a safety net), assert it succeeded, return its output."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    text = output.read_text()
+    assert process.returncode == 0, text[-3000:]
+    return text
+
+
+def _client(store: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=store, registry_uri=store)
+
+
+def _experiments(client: MlflowClient) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
 
 
 def _finished_steps(client: MlflowClient) -> list[str]:
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string="attributes.status = 'FINISHED'")
-    return [r.data.tags[tracking.TAG_STEP_KEY] for r in runs if tracking.TAG_STEP_KEY in r.data.tags]
+    runs = client.search_runs(_experiments(client), filter_string="attributes.status = 'FINISHED'")
+    return [r.data.tags[names.TAG_STEP_KEY] for r in runs if names.TAG_STEP_KEY in r.data.tags]
+
+
+def _study_runs(client: MlflowClient) -> list:
+    return client.search_runs(_experiments(client), filter_string=f"tags.`{names.TAG_JOB}` = 'study'")
 
 
 @pytest.mark.slow
-def test_killed_study_completes_on_rerun_without_duplicates_then_reports(store, small_data, session_cache, tmp_path):
-    client = MlflowClient()
-    first = _reproduce(store, small_data, session_cache, tmp_path)
-    deadline = time.monotonic() + 300
-    while len(_finished_steps(client)) < 2 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert first.poll() is None, first.communicate()[0][-3000:]  # still running: kill it part-way
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    done_before = len(_finished_steps(client))
-    assert 2 <= done_before < 14
+def test_a_killed_study_completes_on_rerun_with_every_step_once(store, small_data, session_cache, tmp_path,
+                                                                 sigkill_group):
+    client = _client(store)
+    first = _reproduce(store, small_data, session_cache, tmp_path, tmp_path / "first.log")
+    deadline = time.monotonic() + 1200  # a safety net, not a pace: the kill point is the event below
+    while len(_finished_steps(client)) < 2:  # part-way: once two steps are FINISHED
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the study finished no 2 steps in 1200 s"
+        time.sleep(0.2)
+    sigkill_group(first)
+    done = len(_finished_steps(client))  # read after the kill: what the rerun finds FINISHED
+    assert done < STEPS, "the study was not part-way when killed"
+    left_running = [r.info.run_id for r in client.search_runs(_experiments(client), "attributes.status = 'RUNNING'")
+                    if names.TAG_TRAIN_KEY in r.data.tags]  # a training the kill interrupted: to be resumed
 
-    second = _reproduce(store, small_data, session_cache, tmp_path)
-    output = second.communicate(timeout=900)[0]
-    assert second.returncode == 0, output[-3000:]
-    assert f"{14 - done_before} steps ran, {done_before} reused" in output
+    output = _complete(_reproduce(store, small_data, session_cache, tmp_path, tmp_path / "rerun.log"),
+                       tmp_path / "rerun.log")
+    assert f"{STEPS - done} steps ran, {done} reused" in output
 
     keys = _finished_steps(client)
-    assert len(keys) == 14 and len(set(keys)) == 14  # every step once
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    leftovers = client.search_runs(experiments, filter_string="attributes.status != 'FINISHED'")
-    assert [r for r in leftovers if r.data.tags.get(tracking.TAG_JOB) != "study"] == []
-    for name in ("balanced", "under-c3", "over-c3", "under-c5", "over-c5"):
-        versions = client.search_model_versions(f"name = 'imbadv-cifar10-small-{name}'")
-        assert len(versions) == 1, name  # no duplicate registry versions
-    studies = client.search_runs(experiments, filter_string=f"tags.`{tracking.TAG_JOB}` = 'study'")
-    assert len(studies) == 1 and studies[0].info.status == "FINISHED"
-    assert all(r.data.tags["mlflow.parentRunId"] == studies[0].info.run_id
-               for r in client.search_runs(experiments, filter_string="attributes.status = 'FINISHED'")
-               if tracking.TAG_STEP_KEY in r.data.tags)
-
-    third = _reproduce(store, small_data, session_cache, tmp_path)
-    assert "0 steps ran, 14 reused" in third.communicate(timeout=300)[0]
-
-    _check_report(store, small_data, tmp_path, client, studies[0].info.run_id)
+    assert len(keys) == STEPS and len(set(keys)) == STEPS  # every step once
+    assert all(client.get_run(run_id).info.status == "FINISHED" for run_id in left_running)  # continued, not redone
+    leftovers = client.search_runs(_experiments(client), filter_string="attributes.status != 'FINISHED'")
+    assert [(r.info.run_name, r.info.status) for r in leftovers] == []  # the study's own run is FINISHED too
+    for model in MODELS:
+        versions = client.search_model_versions(f"name = 'imbadv-{small_data.name}-{model}'")
+        assert len(versions) == 1, model  # no duplicate registry versions
+    (study,) = _study_runs(client)  # the rerun reopened the killed study's run
+    steps = [r for r in client.search_runs(_experiments(client)) if names.TAG_STEP_KEY in r.data.tags]
+    assert len(steps) == STEPS and {r.data.tags["mlflow.parentRunId"] for r in steps} == {study.info.run_id}
 
 
-def _check_report(store: str, data: Path, cwd: Path, client: MlflowClient, study_run_id: str) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    result = subprocess.run([sys.executable, "-m", "imbadv", "report", "--preset", "smoke", "--data", str(data)],
-                            env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def finished_study(module_store, small_data, session_cache, tmp_path_factory) -> SimpleNamespace:
+    """One smoke study run to its end, shared by the checks of a finished study and of its report."""
+    cwd = tmp_path_factory.mktemp("study")
+    output = _complete(_reproduce(module_store, small_data, session_cache, cwd, cwd / "study.log"),
+                       cwd / "study.log")
+    assert f"{STEPS} steps ran, 0 reused" in output
+    client = _client(module_store)
+    (study,) = _study_runs(client)
+    return SimpleNamespace(store=module_store, cwd=cwd, client=client, run_id=study.info.run_id)
+
+
+@pytest.fixture(scope="module")
+def report(finished_study, small_data) -> SimpleNamespace:
+    """`imbadv report` on the finished study."""
+    result = subprocess.run([sys.executable, "-m", "imbadv", "report", "--preset", "smoke", "--data", str(small_data)],
+                            env=_env(finished_study.store), cwd=finished_study.cwd, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    folder = cwd / "reports" / "cifar10-small-smoke"
+    return SimpleNamespace(stdout=result.stdout, folder=finished_study.cwd / "reports" / f"{small_data.name}-smoke")
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_finished_study_reuses_every_step(finished_study, small_data, session_cache):
+    log = finished_study.cwd / "again.log"
+    output = _complete(_reproduce(finished_study.store, small_data, session_cache, finished_study.cwd, log), log)
+    assert f"study run {finished_study.run_id}: 0 steps ran, {STEPS} reused" in output
+
+
+@pytest.mark.slow
+def test_the_report_writes_its_files_and_table_1(report):
     assert {"table1.csv", "table1.md", "claims.csv", "beyond.csv", "report.md", "report.html",
             "fig3_clean_accuracy.png", "fig5_relative_drop.png", "fig7_confusions.png"} <= {
-        p.name for p in folder.iterdir()}
-    assert "Table 1" in result.stdout and "cat" in result.stdout
-    # The cat row's white-box under-sampled cell is the under-c3 white-box run's adv_acc_c3.
-    import csv
+        p.name for p in report.folder.iterdir()}
+    assert "Table 1" in report.stdout and "cat" in report.stdout
 
-    cat = next(row for row in csv.DictReader((folder / "table1.csv").open()) if row["class_name"] == "cat")
-    run = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string=(
-        "params.`config.sampling` = 'under' and params.`config.class_id` = '3' and params.`config.source` = 'self'"))[0]
+
+@pytest.mark.slow
+def test_the_reports_cat_row_holds_the_under_c3_white_box_runs_cat_accuracy(report, finished_study):
+    with (report.folder / "table1.csv").open(newline="") as handle:
+        cat = next(row for row in csv.DictReader(handle) if row["class_name"] == "cat")
+    (run,) = finished_study.client.search_runs(_experiments(finished_study.client), filter_string=(
+        "params.`config.sampling` = 'under' and params.`config.class_id` = '3' and params.`config.source` = 'self'"))
     assert float(cat["whitebox_undersample_ours"]) == pytest.approx(run.data.metrics["adv_acc_c3"])
     assert float(cat["whitebox_undersample_paper"]) == pytest.approx(0.005)
-    report_artifacts = {a.path for a in client.list_artifacts(study_run_id, "report")}
-    assert "report/report.html" in report_artifacts
-    _check_html_in_chromium(folder / "report.html")
+
+
+@pytest.mark.slow
+def test_the_report_is_attached_to_the_study_run(report, finished_study):
+    attached = {a.path for a in finished_study.client.list_artifacts(finished_study.run_id, "report")}
+    assert {"report/report.html", "report/table1.csv"} <= attached
+
+
+@pytest.mark.slow
+def test_the_reports_html_renders_in_headless_chromium(report):
+    _check_html_in_chromium(report.folder / "report.html")
 
 
 def _check_html_in_chromium(page: Path) -> None:
@@ -128,7 +194,7 @@ def _check_html_in_chromium(page: Path) -> None:
 
 
 def test_a_second_identical_study_on_this_machine_is_refused(tmp_path):
-    from imbadv.study import StudyFailed, _exclusive
+    from imbadv.study.engine import StudyFailed, _exclusive
 
     lock = tmp_path / "locks" / "study.lock"
     held = "another `imbadv reproduce` with the same settings is running"
