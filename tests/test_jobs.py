@@ -48,8 +48,9 @@ def test_train_logs_registers_and_exports(store, small_data, session_cache):
     assert sha256_file(local / "artifacts" / "model.onnx") == tags["onnx_sha256"]
     assert sha256_file(local / "artifacts" / "model.safetensors") == tags["weights_sha256"]
     pyfunc = mlflow.pyfunc.load_model(f"models:/{outcome.model_name}@smoke-s0")
-    logits = pyfunc.predict(dataset.test_images[:5].astype(np.float32) / 255)
-    assert logits.shape == (5, 10)
+    predicted = pyfunc.predict(dataset.test_images[:5].astype(np.float32) / 255)
+    assert len(predicted) == 5 and list(predicted["class_name"]) == [
+        dataset.class_names[k] for k in predicted["class_index"]]
 
     # Per-epoch metrics with step=epoch, test metrics, ONNX agreement.
     history = client.get_metric_history(outcome.run_id, "train_loss")

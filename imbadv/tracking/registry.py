@@ -2,13 +2,14 @@
 
 A registered version is an MLflow pyfunc (ONNX inference) whose artifacts hold everything imbadv
 needs: `weights` (safetensors), `spec` (architecture, class names, dataset digest) and `onnx`.
-Their SHA-256 sums are version tags, checked whenever the version is loaded.
+Their SHA-256 sums are version tags, checked whenever the version is loaded. Each version also has
+a signature (the prediction columns), an input example and a description: what the model is and
+three lines that call it.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from imbadv.tracking import store
-from imbadv.tracking import names
+from imbadv.tracking import names, pyfunc_model, store  # pyfunc_model: the columns (its set_model() is inert here)
 from imbadv.core.data import sha256_file
 from imbadv.core.model import VGG, VGGSpec
 
@@ -33,7 +33,9 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model_spec.json"
 ONNX_FILE = "model.onnx"
-PIP_REQUIREMENTS = ["mlflow>=3", "numpy", "onnxruntime"]
+PIP_REQUIREMENTS = ["mlflow>=3", "numpy", "onnxruntime", "pandas"]
+# One mid-grey image, uint8 and channels last: the format image files decode to.
+INPUT_EXAMPLE = np.full((1, 32, 32, 3), 128, dtype=np.uint8)
 TAG_ALIAS = "alias"  # version tag: the alias (<preset>-s<seed>) the version was registered for
 
 
@@ -72,17 +74,55 @@ def write_model_files(network: VGG, spec: dict[str, Any], folder: Path) -> dict[
 
 
 def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[str, str]) -> ModelVersion:
-    """Log the model in the active run, register a version of `name` and point `alias` at it."""
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]))
-    with warnings.catch_warnings():  # MLflow nags about type hints and input examples we don't need
-        warnings.simplefilter("ignore", UserWarning)
-        info = store.call(mlflow.pyfunc.log_model, name=names.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-                          artifacts={k: str(v) for k, v in files.items()}, pip_requirements=PIP_REQUIREMENTS,
-                          signature=signature)
+    """Log the model in the active run, register a version of `name` with a description of what it is
+    and how to call it, and point `alias` at it."""
+    class_names = json.loads(files["spec"].read_text())["class_names"]
+    info = store.call(mlflow.pyfunc.log_model, name=names.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                      artifacts={k: str(v) for k, v in files.items()}, pip_requirements=PIP_REQUIREMENTS,
+                      signature=model_signature(class_names), input_example=INPUT_EXAMPLE)
     version = store.call(mlflow.register_model, info.model_uri, name, tags={**tags, TAG_ALIAS: alias})
+    client = MlflowClient()
+    test_acc = store.call(client.get_run, info.run_id).data.metrics.get("test_acc")
+    description = version_description(f"models:/{name}/{version.version}", tags, test_acc, class_names)
+    version = store.call(client.update_model_version, name, str(version.version), description=description)
     point_alias_at_newest(name, alias)
     return version
+
+
+def model_signature(class_names: list[str]) -> ModelSignature:
+    """The pyfunc's signature: its output columns, and no input schema.
+
+    MLflow checks inputs against an input schema before `predict` sees them, and a tensor schema has
+    one dtype and one shape: uint8 images, channels-last images or both would be refused, with the
+    whole array in the message. `predict` checks its input itself (one-line errors); the input example
+    and the version's description show what it takes.
+    """
+    outputs = [ColSpec("string", pyfunc_model.CLASS_COLUMN), ColSpec("long", pyfunc_model.INDEX_COLUMN),
+               *(ColSpec("double", column) for column in pyfunc_model.probability_columns(class_names))]
+    return ModelSignature(inputs=None, outputs=Schema(outputs))
+
+
+def usage_snippet(uri: str) -> str:
+    """Three lines that load a registered model and print its predictions for eight uint8 images."""
+    return ("import mlflow, numpy as np\n"
+            f'model = mlflow.pyfunc.load_model("{uri}")\n'
+            "print(model.predict(np.random.randint(0, 256, (8, 32, 32, 3), np.uint8)).head())\n")
+
+
+def version_description(uri: str, tags: dict[str, str], test_acc: float | None, class_names: list[str]) -> str:
+    """Markdown for a version: what it is (dataset, sampling, class, preset, seed, clean test accuracy)
+    and how to call it."""
+    sampling = tags["sampling"]
+    if tags["class_id"]:
+        sampling += f" (class {tags['class_id']}, {tags['class_name']}, {sampling}-sampled)"
+    accuracy = "not recorded" if test_acc is None else f"{test_acc:.4f}"
+    columns = pyfunc_model.probability_columns(class_names)
+    return (f"imbadv VGG classifier. Dataset {tags['dataset']}, sampling {sampling}, preset {tags['preset']}, "
+            f"seed {tags['seed']}; clean test accuracy {accuracy} (run {tags['run_id']}).\n\n"
+            "Input: images as uint8 (0-255) or float ([0, 1]) pixels, shape (N, 3, 32, 32) or (N, 32, 32, 3). "
+            f"Output: a DataFrame, one row per image in input order: {pyfunc_model.CLASS_COLUMN}, "
+            f"{pyfunc_model.INDEX_COLUMN} and each class's probability ({', '.join(columns)}).\n\n"
+            f"```python\n{usage_snippet(uri)}```\n")
 
 
 def point_alias_at_newest(name: str, alias: str) -> int:
