@@ -53,9 +53,9 @@ def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
     config = resolve_train_config(**options)  # bad options stop here, before any run exists
     store.prepare()  # answers, and has its schema, before the search for a killed run
     resume_id = resume or (None if os.environ.get("MLFLOW_RUN_ID") else resumable_run(config))
-    with lifecycle.job_run("train", run_name(config), run_id=resume_id) as run:
+    with lifecycle.job_run("train", run_name(config), run_id=resume_id,
+                           tags={names.TAG_TRAIN_KEY: train_key(config)}) as run:
         log.log_config(config)
-        store.call(mlflow.set_tag, names.TAG_TRAIN_KEY, train_key(config))
         device = resolve_device(config.device)
         store.call(mlflow.set_tags, {"imbadv.device": str(device), names.TAG_THREADS: str(torch.get_num_threads())})
         dataset = load_dataset(config.data, config.cache_dir)

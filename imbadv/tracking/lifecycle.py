@@ -39,21 +39,25 @@ def current_step_key() -> str | None:
 
 
 @contextmanager
-def job_run(job: str, run_name: str, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def job_run(job: str, run_name: str, run_id: str | None = None,
+            tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """The run a job logs into: `run_id` (resuming it), the one `mlflow run` created, or a new one.
 
-    On any exception the run gets an `imbadv.error` tag and ends FAILED; the exception propagates.
+    A new run carries the job, host, process id and `tags` from its creation, so a process killed
+    at any moment after it leaves a run that names its owner. On any exception the run gets an
+    `imbadv.error` tag and ends FAILED; the exception propagates.
     """
     chosen_elsewhere = mlflow.active_run() is not None or _env_run_id() or os.environ.get("MLFLOW_EXPERIMENT_ID") \
         or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     store.prepare(None if chosen_elsewhere else EXPERIMENT)
     name = None if (_env_run_id() or run_id) else run_name
-    run = store.call(mlflow.start_run, run_id=run_id, run_name=name, tags=None if run_id else _STEP_TAGS.get())
+    owner = {TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), **(tags or {})}
+    run = store.call(mlflow.start_run, run_id=run_id, run_name=name,
+                     tags=None if run_id else {**(_STEP_TAGS.get() or {}), **owner})
     status = "FINISHED"
     try:
         named = {"mlflow.runName": run_name} if _env_run_id() and not run_id else {}  # `mlflow run` names none
-        store.call(mlflow.set_tags, {TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
-                                     **provenance_tags(), **named})
+        store.call(mlflow.set_tags, {**owner, **provenance_tags(), **named})
         yield run
     except BaseException as error:
         status = "FAILED"
