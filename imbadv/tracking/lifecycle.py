@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from imbadv.config import first_line
 from imbadv.tracking import store
@@ -50,14 +51,16 @@ def job_run(job: str, run_name: str, run_id: str | None = None,
     chosen_elsewhere = mlflow.active_run() is not None or _env_run_id() or os.environ.get("MLFLOW_EXPERIMENT_ID") \
         or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     store.prepare(None if chosen_elsewhere else EXPERIMENT)
+    made_by_mlflow_run = bool(_env_run_id()) and not run_id  # start_run consumes MLFLOW_RUN_ID
     name = None if (_env_run_id() or run_id) else run_name
     owner = {TAG_JOB: job, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), **(tags or {})}
     run = store.call(mlflow.start_run, run_id=run_id, run_name=name,
                      tags=None if run_id else {**(_STEP_TAGS.get() or {}), **owner})
     status = "FINISHED"
     try:
-        named = {"mlflow.runName": run_name} if _env_run_id() and not run_id else {}  # `mlflow run` names none
-        store.call(mlflow.set_tags, {**owner, **provenance_tags(), **named})
+        store.call(mlflow.set_tags, {**owner, **provenance_tags()})
+        if made_by_mlflow_run:  # with a random name
+            store.call(MlflowClient().update_run, run.info.run_id, name=run_name)
         yield run
     except BaseException as error:
         status = "FAILED"
