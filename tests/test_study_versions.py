@@ -73,7 +73,7 @@ def test_a_study_reuses_an_outside_training_and_attacks_only_its_own_versions(st
     for run in evaluations:  # the study's evaluations are still to run ...
         client.delete_run(run.info.run_id)
     _imbadv(store, tmp_path, "train", *common)  # ... when someone trains the balanced model again: v2
-    assert client.get_model_version_by_alias("imbadv-cifar10-small-balanced", "smoke-s0").version == "2"
+    assert str(client.get_model_version_by_alias("imbadv-cifar10-small-balanced", "smoke-s0").version) == "2"
 
     second = _imbadv(store, tmp_path, "reproduce", *common, "--classes", "3", "--jobs", "2")
     assert "5 steps ran, 3 reused" in second.stdout
