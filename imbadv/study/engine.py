@@ -137,15 +137,15 @@ def _drive_pool(config: StudyConfig, steps: list[Step], dataset_digest: str, exp
     finished = {} if config.force else reuse.finished_steps(experiment_id)
     code = provenance.code_version()
     versions: dict[Model, str] = {}  # the study's models: (seed, sampling, class_id) -> models:/<name>/<version>
+    trainings = [s for s in steps if s.entry == "train"]
+    reusable = {} if config.force else reuse.finished_trainings(trainings, finished, dataset_digest)
     todo = []
     for step in steps:
-        run_id = None if config.force or step.entry != "train" else \
-            reuse.finished_training(step, finished, dataset_digest)
-        if run_id is None:
-            todo.append(step)
-        else:
-            versions[model_of(dict(step.options))] = reuse.registered_version(run_id)
+        if step.key in reusable:
+            versions[model_of(dict(step.options))] = reuse.registered_version(reusable[step.key])
             outcome.reused.append(step.label)
+        else:
+            todo.append(step)
     log_dir = Path(config.cache_dir).expanduser() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // config.jobs)

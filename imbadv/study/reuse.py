@@ -37,17 +37,23 @@ def finished_steps(experiment_id: str) -> dict[str, str]:
     return found
 
 
-def finished_training(step: Step, own: dict[str, str], dataset_digest: str) -> str | None:
-    """The run id of a finished training to reuse for `step`: the study's own, else the same training's first."""
-    if step.key in own:
-        return own[step.key]
-    key = train_key(resolve_train_config(**dict(step.options)))
+def finished_trainings(steps: list[Step], own: dict[str, str], dataset_digest: str) -> dict[str, str]:
+    """Training step key -> run id of the finished training to reuse: the study's own, else the same
+    training's first on this data (one search of the store for all steps)."""
     client = MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1,
-                              filter_string=(f"attributes.status = 'FINISHED' and tags.`{names.TAG_TRAIN_KEY}` = "
-                                             f"'{key}' and tags.`{names.TAG_DATASET_DIGEST}` = '{dataset_digest}'"),
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=50000,
+                              filter_string=(f"attributes.status = 'FINISHED' and tags.`{names.TAG_JOB}` = 'train' "
+                                             f"and tags.`{names.TAG_DATASET_DIGEST}` = '{dataset_digest}'"),
                               order_by=["attributes.start_time ASC"])
-    return runs[0].info.run_id if runs else None
+    first: dict[str, str] = {}
+    for run in runs:
+        first.setdefault(run.data.tags.get(names.TAG_TRAIN_KEY, ""), run.info.run_id)
+    found = {}
+    for step in steps:
+        run_id = own.get(step.key) or first.get(train_key(resolve_train_config(**dict(step.options))))
+        if run_id is not None:
+            found[step.key] = run_id
+    return found
 
 
 def registered_version(run_id: str) -> str:
