@@ -119,9 +119,7 @@ def _evaluate(**options: Any) -> None:
 
 def _reproduce(**options: Any) -> None:
     config = StudyConfig(**{k: v for k, v in options.items() if v is not None})
-    _ = config.eps_values  # a bad eps or class fails here, before torch and MLflow load
-    if config.classes != "all":
-        config.class_ids(num_classes=10**6)  # the dataset's own count is checked once it is loaded
+    _ = config.eps_values, config.class_ids(num_classes=None)  # bad values fail before torch and MLflow load
     from imbadv.study.engine import run_study
 
     outcome = run_study(config)

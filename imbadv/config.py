@@ -259,15 +259,18 @@ class StudyConfig:
             raise ConfigError(f"eps {self.eps!r} is not a number or a comma-separated list: pass e.g. "
                               "--eps 0.01,0.02") from error
 
-    def class_ids(self, num_classes: int) -> tuple[int, ...]:
+    def class_ids(self, num_classes: int | None) -> tuple[int, ...]:
+        """The study's classes; with `num_classes` None (dataset not loaded yet) ids are parsed, not range-checked."""
         if self.classes == "all":
-            return tuple(range(num_classes))
+            return tuple(range(num_classes or 0))
         try:
             ids = tuple(parse_class_id(v) for v in self.classes.split(","))
         except ConfigError as error:
             raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids or CIFAR-10 class names: "
                               "pass e.g. --classes 3,5 or --classes cat,dog") from error
-        bad = [c for c in ids if not 0 <= c < num_classes]
+        if negative := [c for c in ids if c < 0]:
+            raise ConfigError(f"class ids {negative} are negative: pass ids from 0 (or CIFAR-10 class names)")
+        bad = [c for c in ids if num_classes is not None and c >= num_classes]
         if bad:
             raise ConfigError(f"class ids {bad} are outside this dataset's {num_classes} classes: pass ids "
                               f"from 0 to {num_classes - 1}")
