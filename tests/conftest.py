@@ -79,22 +79,10 @@ STATE_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_N
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
+def store(tmp_path, monkeypatch) -> Iterator[str]:
     """A fresh SQLite tracking store and artifact folder; the test runs inside that folder."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in STATE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    for name in STATE_VARIABLES:  # mlflow.set_experiment exports the active experiment
-        os.environ.pop(name, None)
-    mlflow.set_registry_uri(None)  # and set_registry_uri exports the registry: forget both
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    with _tracking_store(tmp_path, monkeypatch) as uri:
+        yield uri
 
 
 @contextmanager
@@ -116,6 +104,18 @@ def _tracking_store(folder: Path, patch: pytest.MonkeyPatch) -> Iterator[str]:
             os.environ.pop(name, None)
         mlflow.set_registry_uri(None)  # and set_registry_uri exports the registry: forget both
         os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+def complete(process: subprocess.Popen, output: Path, timeout: float = 1200) -> str:
+    """Wait for a command to end (`timeout` is only a safety net), assert it succeeded, return its output."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    text = output.read_text()
+    assert process.returncode == 0, text[-3000:]
+    return text
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -21,6 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from conftest import complete
 
 from imbadv.tracking import names
 
@@ -36,17 +37,6 @@ def _train(store: str, data: Path, cache: Path, cwd: Path, output: Path) -> subp
     with output.open("w") as log:  # a file, not a pipe: a pipe nobody reads while it runs can fill up
         return subprocess.Popen([sys.executable, "-m", "imbadv", "train", *OPTIONS, "--data", str(data)], env=env,
                                 cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _complete(process: subprocess.Popen, output: Path) -> str:
-    try:
-        process.wait(timeout=SAFETY_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
-    text = output.read_text()
-    assert process.returncode == 0, text[-3000:]
-    return text
 
 
 def _runs(client: MlflowClient, status: str | None = None) -> list:
@@ -86,7 +76,7 @@ def reference(module_store, small_data, session_cache, tmp_path_factory) -> Simp
     client = MlflowClient(tracking_uri=module_store, registry_uri=module_store)
     cwd = Path(module_store.removeprefix("sqlite:///")).parent
     output = tmp_path_factory.mktemp("reference") / "train.log"
-    _complete(_train(module_store, small_data, session_cache, cwd, output), output)
+    complete(_train(module_store, small_data, session_cache, cwd, output), output)
     (run,) = _runs(client, "FINISHED")
     stamps = sorted(m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss"))
     assert len(stamps) == EPOCHS
@@ -104,7 +94,7 @@ def test_a_training_killed_before_its_run_exists_leaves_none_and_the_next_trains
     sigkill_group(process)  # at once: the interpreter has not imported MLflow yet
     assert {r.info.run_id for r in _runs(client)} == before  # no run, so nothing to resume
 
-    output = _complete(_train(reference.store, small_data, session_cache, reference.cwd, tmp_path / "again.log"),
+    output = complete(_train(reference.store, small_data, session_cache, reference.cwd, tmp_path / "again.log"),
                        tmp_path / "again.log")
     (fresh,) = [r for r in _runs(client) if r.info.run_id not in before]
     assert fresh.info.status == "FINISHED" and "resuming run" not in output
@@ -148,7 +138,7 @@ def test_a_sigkilled_training_resumes_its_run_to_bit_identical_weights(
     checkpointed = any(a.path == names.CHECKPOINT_ARTIFACT
                        for a in client.list_artifacts(run_id, names.CHECKPOINT_ARTIFACT.rsplit("/", 1)[0]))
 
-    output = _complete(_train(reference.store, small_data, session_cache, reference.cwd, tmp_path / "again.log"),
+    output = complete(_train(reference.store, small_data, session_cache, reference.cwd, tmp_path / "again.log"),
                        tmp_path / "again.log")
     assert (f"resuming run {run_id} from its checkpoint" in output) == checkpointed, (epochs, output[-3000:])
     assert _runs(client, "RUNNING") == []

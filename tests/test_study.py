@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from conftest import complete
 
 from imbadv.tracking import names
 from imbadv.config import ConfigError
@@ -61,18 +62,6 @@ def _reproduce(store: str, data: Path, cache: Path, cwd: Path, output: Path) -> 
                                 stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _complete(process: subprocess.Popen, output: Path, timeout: float = 1200) -> str:
-    """Wait for a command to end (`timeout` is only a safety net), assert it succeeded, return its output."""
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
-    text = output.read_text()
-    assert process.returncode == 0, text[-3000:]
-    return text
-
-
 def _client(store: str) -> MlflowClient:
     return MlflowClient(tracking_uri=store, registry_uri=store)
 
@@ -106,7 +95,7 @@ def test_a_killed_study_completes_on_rerun_with_every_step_once(store, small_dat
     left_running = [r.info.run_id for r in client.search_runs(_experiments(client), "attributes.status = 'RUNNING'")
                     if names.TAG_TRAIN_KEY in r.data.tags]  # a training the kill interrupted: to be resumed
 
-    output = _complete(_reproduce(store, small_data, session_cache, tmp_path, tmp_path / "rerun.log"),
+    output = complete(_reproduce(store, small_data, session_cache, tmp_path, tmp_path / "rerun.log"),
                        tmp_path / "rerun.log")
     assert f"{STEPS - done} steps ran, {done} reused" in output
 
@@ -127,7 +116,7 @@ def test_a_killed_study_completes_on_rerun_with_every_step_once(store, small_dat
 def finished_study(module_store, small_data, session_cache, tmp_path_factory) -> SimpleNamespace:
     """One smoke study run to its end, shared by the checks of a finished study and of its report."""
     cwd = tmp_path_factory.mktemp("study")
-    output = _complete(_reproduce(module_store, small_data, session_cache, cwd, cwd / "study.log"),
+    output = complete(_reproduce(module_store, small_data, session_cache, cwd, cwd / "study.log"),
                        cwd / "study.log")
     assert f"{STEPS} steps ran, 0 reused" in output
     client = _client(module_store)
@@ -148,7 +137,7 @@ def report(finished_study, small_data) -> SimpleNamespace:
 @pytest.mark.slow
 def test_a_rerun_of_a_finished_study_reuses_every_step(finished_study, small_data, session_cache):
     log = finished_study.cwd / "again.log"
-    output = _complete(_reproduce(finished_study.store, small_data, session_cache, finished_study.cwd, log), log)
+    output = complete(_reproduce(finished_study.store, small_data, session_cache, finished_study.cwd, log), log)
     assert f"study run {finished_study.run_id}: 0 steps ran, {STEPS} reused" in output
 
 
