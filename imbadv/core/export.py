@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -47,18 +49,59 @@ def export_onnx(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
+def export_with_weights(template: onnx.ModelProto, model: nn.Module, path: str | Path) -> Path:
+    """Write `template` (an export of another model of the same architecture) with `model`'s weights.
+
+    The exporter names each weight's initializer by its state-dict key, so the graph is reused and
+    only the tensors change; a template with any other floating-point initializer (a weight the
+    exporter folded) is refused with ValueError, and the caller exports afresh.
+    """
+    path = Path(path)
+    state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
+    graph = onnx.ModelProto()
+    graph.CopyFrom(template)
+    seen = set()
+    for index, tensor in enumerate(graph.graph.initializer):
+        if tensor.name not in state:
+            if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                                    onnx.TensorProto.DOUBLE):
+                raise ValueError(f"initializer {tensor.name} is not a weight of the model: export afresh")
+            continue
+        value = state[tensor.name].numpy()
+        if tuple(tensor.dims) != value.shape:
+            raise ValueError(f"initializer {tensor.name} has shape {tuple(tensor.dims)}, the model {value.shape}")
+        graph.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))
+        seen.add(tensor.name)
+    if missing := set(state) - seen:
+        raise ValueError(f"the template has no initializer for {sorted(missing)[:3]}: export afresh")
+    onnx.save(graph, str(path))
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return path
+
+
 def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("cpu").float().eval()
 
 
 def onnx_session(path: str | Path, device: torch.device | None = None) -> ort.InferenceSession:
-    """An onnxruntime session on the CUDA provider when the device is CUDA, else the CPU."""
+    """An onnxruntime session on the CUDA provider when the device is CUDA, else the CPU.
+
+    On a CUDA device whose onnxruntime has no working CUDA provider (the plain CPU build, or CUDA
+    libraries it cannot load), the session falls back to the CPU and says so on stderr;
+    `session.get_providers()[0]` names the provider that runs.
+    """
     providers = ["CPUExecutionProvider"]
-    if device is not None and device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    wants_cuda = device is not None and device.type == "cuda"
+    if wants_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if wants_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
+        print(f"onnxruntime {ort.__version__} ({ort.get_device()} build) has no working CUDA provider here: the "
+              "ONNX cross-check runs on the CPU (install onnxruntime-gpu matching the CUDA version for the GPU)",
+              file=sys.stderr)
+    return session
 
 
 def onnx_logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
