@@ -17,11 +17,15 @@ Sampling = Literal["balanced", "under", "over"]
 Precision = Literal["fp32", "bf16"]
 AttackName = Literal["fgsm", "ifgsm"]
 Direction = Literal["ascent", "descent"]
+Engine = Literal["shared", "isolated"]
 
 
 # The largest share of test images on which onnxruntime may disagree with PyTorch before an ONNX
 # export is judged wrong (not in the paper): training refuses to register such a model, an evaluation fails.
 MAX_ONNX_DISAGREEMENT = 0.001
+# Images per batch of inference without gradients (not in the paper): a training's validation and
+# test passes, and onnxruntime's cross-check of a model in training and in evaluation alike.
+INFERENCE_BATCH = 1000
 
 
 class ConfigError(ValueError):
@@ -133,7 +137,7 @@ class TrainConfig(ModelSelection):
     torch_compile: bool = field(default=False, metadata=_help(
         "Compile the training forward and backward with torch.compile (faster on GPUs after a compile "
         "of about a minute; fp32 results equal up to rounding)."))
-    eval_batch_size: int = field(default=1000, metadata=_help("Batch for validation and test inference."))
+    eval_batch_size: int = field(default=INFERENCE_BATCH, metadata=_help("Batch for validation and test inference."))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -240,11 +244,17 @@ class StudyConfig:
     classes: str = field(default="all", metadata={"help": "'all', or comma-separated class ids or CIFAR-10 names."})
     jobs: int = field(default=1, metadata={"help": "Steps run at once, each in its own process."})
     force: bool = field(default=False, metadata={"help": "Rerun steps even when a finished run matches."})
+    engine: Engine = field(default="shared", metadata={"help": (
+        "'shared': long-lived workers that load data and models once and share each target's clean pass, "
+        "ONNX check and the black-box adversarial sets between its evaluations (same results); 'isolated': "
+        "every step computes all it needs itself.")})
     cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "Cache, as for train."})
     device: str = field(default=ModelSelection.device, metadata={"help": "'auto', 'cpu' or 'cuda'."})
 
     def __post_init__(self) -> None:
         check_preset(self.preset)
+        if self.engine not in get_args(Engine):
+            raise ConfigError(f"unknown engine {self.engine!r}: use shared or isolated")
         if self.seeds < 1 or self.jobs < 1:
             raise ConfigError("seeds and jobs must be 1 or more: pass e.g. --seeds 1 --jobs 1")
         for value in self.eps_values:

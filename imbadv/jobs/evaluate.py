@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from imbadv.config import ConfigError, EvaluateConfig, model_label, resolve_evaluate_config
+from imbadv.config import (INFERENCE_BATCH, AttackConfig, ConfigError, EvaluateConfig, model_label,
+                           resolve_evaluate_config)
 from imbadv.core import metrics, plots
 from imbadv.core.attacks import fgsm_with_logits, run_attack
-from imbadv.core.data import ImageDataset, load_dataset
+from imbadv.core.data import ImageDataset
 from imbadv.core.export import OnnxMismatch, onnx_logits, onnx_session
 from imbadv.core.inference import autocast, predict_logits, resolve_device, set_layout, to_unit
 from imbadv.tracking import lifecycle, log, names, store
-from imbadv.tracking.registry import RegisteredModel, RegistryError, load_registered
+from imbadv.jobs.shared import SharedWork, current, load_data, load_model, onnx_check_key
+from imbadv.tracking.registry import RegisteredModel, RegistryError
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,20 @@ def run_name(config: EvaluateConfig) -> str:
             f"eps{config.eps:g}")
 
 
-def run_evaluate(**options: Any) -> EvaluateOutcome:
-    """Resolve the config from `options` and run the whole evaluate job."""
+def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOutcome:
+    """Resolve the config from `options` and run the whole evaluate job.
+
+    `shared` (default: this process's study memo, else nothing shared) gives the data, models,
+    clean passes and adversarial sets that earlier evaluations in this process computed.
+    """
+    shared = current(shared)
     config = resolve_evaluate_config(**options)  # bad options stop here, before any run exists
     with lifecycle.job_run("evaluate", run_name(config)) as run:
         log.log_config(config)
         device = resolve_device(config.device)
-        dataset = load_dataset(config.data, config.cache_dir)
+        dataset = load_data(shared, config.data, config.cache_dir)
         log.log_dataset(dataset, "evaluation")
-        target, source = _resolve_models(config, dataset, device)
+        target, source = _resolve_models(config, dataset, device, shared)
         if config.target_label is not None and config.target_label >= dataset.num_classes:
             raise ConfigError(f"target label {config.target_label} is outside this dataset's "
                               f"{dataset.num_classes} classes: pass --target-label 0 to {dataset.num_classes - 1}")
@@ -73,8 +80,8 @@ def run_evaluate(**options: Any) -> EvaluateOutcome:
             names.TAG_ATTACK: f"{config.attack}-{config.direction}", names.TAG_EPS: str(config.eps),
             "imbadv.whitebox": str(source is target), "imbadv.device": str(device),
             names.TAG_THREADS: str(torch.get_num_threads())})
-        result = attack_test_set(target, source, dataset, config, device)
-        onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device)
+        result = attack_test_set(target, source, dataset, config, device, shared)
+        onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device, shared)
         per_class = _log_metrics_and_artifacts(result, onnx_pred, dataset, config)
         clean_acc = float((result.clean_pred == dataset.test_labels).mean())
         adv_acc = float((result.adv_pred == dataset.test_labels).mean())
@@ -83,9 +90,9 @@ def run_evaluate(**options: Any) -> EvaluateOutcome:
         return EvaluateOutcome(run.info.run_id, clean_acc, adv_acc, per_class)
 
 
-def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
-                    device: torch.device) -> tuple[RegisteredModel, RegisteredModel]:
-    target = load_registered(config.target_uri or names.model_uri(config, dataset.name), device)
+def _resolve_models(config: EvaluateConfig, dataset: ImageDataset, device: torch.device,
+                    shared: SharedWork) -> tuple[RegisteredModel, RegisteredModel]:
+    target = load_model(shared, config.target_uri or names.model_uri(config, dataset.name), device)
     _check_is(target, config.sampling, config.class_id, dataset.name)
     if target.dataset_digest != dataset.digest:
         raise RegistryError(f"{target.uri} was trained on other data than {config.data}: evaluate it on the "
@@ -99,7 +106,7 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset,
         source_uri = config.source
     else:
         raise ConfigError(f"unknown source {config.source!r}: use self, balanced or a models:/ URI")
-    source = load_registered(source_uri, device)
+    source = load_model(shared, source_uri, device)
     if config.source == "balanced":
         _check_is(source, "balanced", None, dataset.name)
     if source.dataset_digest != target.dataset_digest:
@@ -117,34 +124,73 @@ def _check_is(model: RegisteredModel, sampling: str, class_id: int | None, datas
 
 
 def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: ImageDataset,
-                    config: EvaluateConfig, device: torch.device) -> AttackResult:
-    """Craft adversarial test images with the source's gradient and classify them with the target."""
+                    config: EvaluateConfig, device: torch.device, shared: SharedWork | None = None) -> AttackResult:
+    """Craft adversarial test images with the source's gradient and classify them with the target.
+
+    With `shared`, the target's clean logits and a black-box source's adversarial set come from
+    earlier evaluations in this process when their settings match (the same numbers: a white-box
+    FGSM's gradient pass and a plain forward give equal clean logits).
+    """
+    shared = current(shared)
     for model in (target, source):  # the same model twice when white-box: set_layout is idempotent
         set_layout(model.network, config.channels_last)
     images = torch.from_numpy(dataset.test_images).to(device)
     labels = torch.from_numpy(dataset.test_labels).to(device)
     attack = config.attack_config()
-    whitebox_fgsm = source is target and config.attack == "fgsm"
-    clean_pred, adv_pred = [], []
+    passes = (config.precision, config.channels_last, config.batch_size, str(device), dataset.digest)
+    clean_key = (target.uri, *passes)
+    clean_logits = shared.get("clean_logits", clean_key)
+    adversarial_key = (source.uri, dataclasses.astuple(attack), *passes)
+    if source is target:  # white-box: the target's own gradient
+        adversarial, grad_logits = _craft(target.network, images, labels, attack, config, clean_logits is None)
+        if target.tags.get("sampling") == "balanced":  # the very set a black-box attack crafts from it
+            shared.put("adversarial", adversarial_key, adversarial)
+        if clean_logits is None:
+            clean_logits = shared.put("clean_logits", clean_key,
+                                      grad_logits if grad_logits is not None else
+                                      _batched_logits(target.network, images, config))
+    else:  # black-box: one adversarial set per source and attack, scored on every target
+        adversarial = shared.get_or_compute("adversarial", adversarial_key, lambda: _craft(
+            source.network, images, labels, attack, config, want_logits=False)[0])
+        if clean_logits is None:
+            clean_logits = shared.put("clean_logits", clean_key, _batched_logits(target.network, images, config))
+    adv_logits = _batched_logits(target.network, adversarial, config, unit=True)
     grid = example_indices(dataset.test_labels, config.grid_images)
-    clean_examples, adv_examples = [], []
-    for start in tqdm(range(0, len(images), config.batch_size), desc="attack", unit="batch", leave=False,
-                      disable=None):
+    shown = torch.from_numpy(grid).to(device)
+    return AttackResult(clean_logits.argmax(1).cpu().numpy(), adv_logits.argmax(1).cpu().numpy(),
+                        to_unit(images[shown]).cpu().numpy(), adversarial[shown].detach().cpu().numpy(), grid)
+
+
+def _batches(count: int, batch_size: int, desc: str) -> Any:
+    return tqdm(range(0, count, batch_size), desc=desc, unit="batch", leave=False, disable=None)
+
+
+def _craft(network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: AttackConfig,
+           config: EvaluateConfig, want_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Adversarial pixels for all uint8 `images`, batch by batch; with `want_logits` and FGSM, also the
+    clean logits of the gradient pass's forward (saves a forward)."""
+    adversarial, logits = [], []
+    with_logits = want_logits and config.attack == "fgsm"
+    for start in _batches(len(images), config.batch_size, "attack"):
         x = to_unit(images[start:start + config.batch_size])
         y = labels[start:start + config.batch_size]
-        if whitebox_fgsm:  # the gradient pass's forward already gives the clean logits
-            adversarial, clean_logits = fgsm_with_logits(target.network, x, y, attack, config.precision)
+        if with_logits:
+            crafted, clean = fgsm_with_logits(network, x, y, attack, config.precision)
+            logits.append(clean)
         else:
-            adversarial = run_attack(source.network, x, y, attack, config.precision)
-            clean_logits = _logits(target.network, x, config.precision)
-        adv_logits = _logits(target.network, adversarial, config.precision)
-        clean_pred.append(clean_logits.argmax(1).cpu())
-        adv_pred.append(adv_logits.argmax(1).cpu())
-        in_batch = [int(i) - start for i in grid if start <= i < start + len(x)]
-        clean_examples.append(x[in_batch].cpu().numpy())
-        adv_examples.append(adversarial[in_batch].detach().cpu().numpy())
-    return AttackResult(torch.cat(clean_pred).numpy(), torch.cat(adv_pred).numpy(),
-                        np.concatenate(clean_examples), np.concatenate(adv_examples), grid)
+            crafted = run_attack(network, x, y, attack, config.precision)
+        adversarial.append(crafted.detach())
+    return torch.cat(adversarial), (torch.cat(logits) if with_logits else None)
+
+
+def _batched_logits(network: torch.nn.Module, images: torch.Tensor, config: EvaluateConfig,
+                    unit: bool = False) -> torch.Tensor:
+    """Logits for uint8 `images` (or, with `unit`, float pixels in [0, 1]) in the attack's batches."""
+    outputs = []
+    for start in _batches(len(images), config.batch_size, "score"):
+        batch = images[start:start + config.batch_size]
+        outputs.append(_logits(network, batch if unit else to_unit(batch), config.precision))
+    return torch.cat(outputs)
 
 
 def example_indices(labels: np.ndarray, count: int) -> np.ndarray:
@@ -161,19 +207,29 @@ def _logits(network: torch.nn.Module, images: torch.Tensor, precision: str) -> t
 
 
 def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred: np.ndarray,
-                      config: EvaluateConfig, device: torch.device) -> np.ndarray:
-    """Clean predictions from the target's ONNX file against PyTorch's, both fp32.
+                      config: EvaluateConfig, device: torch.device, shared: SharedWork) -> np.ndarray:
+    """Clean predictions from the target's ONNX file against PyTorch's, both fp32 (once per target and
+    process: every evaluation of the target logs the same check).
 
     Under --precision bf16 the attack's own clean predictions are bf16, so PyTorch's fp32 ones are
     computed for the comparison.
     """
     if config.precision != "fp32":
-        torch_pred = predict_logits(target.network, torch.from_numpy(dataset.test_images).to(device),
-                                    config.batch_size).argmax(1).cpu().numpy()
-    onnx_pred = onnx_logits(onnx_session(target.onnx_path, device), dataset.test_images, config.batch_size).argmax(1)
+        torch_pred = shared.get_or_compute("fp32_predictions", (target.uri, config.batch_size, str(device)), lambda: (
+            predict_logits(target.network, torch.from_numpy(dataset.test_images).to(device),
+                           config.batch_size).argmax(1).cpu().numpy()))
+
+    def onnx_predictions() -> tuple[np.ndarray, str]:
+        session = onnx_session(target.onnx_path, device)
+        return onnx_logits(session, dataset.test_images, INFERENCE_BATCH).argmax(1), session.get_providers()[0]
+
+    # keyed by the file's hash: the train job of this process may have checked the same file already
+    key = onnx_check_key(target.tags["onnx_sha256"], INFERENCE_BATCH, device, dataset.digest)
+    onnx_pred, provider = shared.get_or_compute("onnx_predictions", key, onnx_predictions)
     disagreement = float((onnx_pred != torch_pred).mean())
     store.call(mlflow.log_metrics, {"onnx_clean_acc": float((onnx_pred == dataset.test_labels).mean()),
                         "onnx_agreement": 1.0 - disagreement})
+    store.call(mlflow.set_tag, names.TAG_ONNX_PROVIDER, provider)
     if disagreement > config.max_onnx_disagreement:
         raise OnnxMismatch(f"PyTorch and onnxruntime disagree on {disagreement:.2%} of test images (limit "
                            f"{config.max_onnx_disagreement:.2%}): {target.uri}'s ONNX file does not match its "

@@ -17,17 +17,19 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import onnx
 import torch
 from mlflow.tracking import MlflowClient
 
 from imbadv.config import MAX_ONNX_DISAGREEMENT, TrainConfig, model_label, resolve_train_config
 from imbadv.core import metrics, plots
-from imbadv.core.data import DataError, ImageDataset, load_dataset, sha256_file
-from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, onnx_session
+from imbadv.core.data import DataError, ImageDataset, sha256_file
+from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
 from imbadv.core.model import VGG, VGGSpec
 from imbadv.core.sampling import sample_split
 from imbadv.core.trainer import seed_everything, train
+from imbadv.jobs.shared import SharedWork, current, load_data, onnx_check_key
 from imbadv.tracking import lifecycle, liveness, log, names, provenance, registry, store
 
 @dataclass(frozen=True)
@@ -44,12 +46,15 @@ def run_name(config: TrainConfig) -> str:
     return f"train-{model_label(config.sampling, config.class_id)}-{config.preset}-s{config.seed}"
 
 
-def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
+def run_train(resume: str | None = None, shared: SharedWork | None = None, **options: Any) -> TrainOutcome:
     """Resolve the config from `options` (None = the preset's value) and run the whole train job.
 
     A run of the same config and code that was killed (RUNNING or KILLED) is resumed from its last
     checkpoint, as is the run `resume` names; under `mlflow run` the project's run is used.
+    `shared` (default: this process's study memo, else nothing shared) gives the decoded data and
+    the ONNX graph of an earlier model of the same architecture.
     """
+    shared = current(shared)
     config = resolve_train_config(**options)  # bad options stop here, before any run exists
     store.prepare()  # answers, and has its schema, before the search for a killed run
     resume_id = resume or (None if os.environ.get("MLFLOW_RUN_ID") else resumable_run(config))
@@ -58,7 +63,7 @@ def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
         log.log_config(config)
         device = resolve_device(config.device)
         store.call(mlflow.set_tags, {"imbadv.device": str(device), names.TAG_THREADS: str(torch.get_num_threads())})
-        dataset = load_dataset(config.data, config.cache_dir)
+        dataset = load_data(shared, config.data, config.cache_dir)
         recorded = run.data.tags.get(names.TAG_DATASET_DIGEST)
         if recorded and recorded != dataset.digest:
             raise DataError(f"the data at {config.data} changed since run {run.info.run_id} started: train "
@@ -69,7 +74,7 @@ def run_train(resume: str | None = None, **options: Any) -> TrainOutcome:
         test_logits = predict_logits(network, torch.from_numpy(dataset.test_images).to(device),
                                      config.eval_batch_size)
         _log_test_metrics(test_logits.argmax(1).cpu().numpy(), dataset)
-        return _export_and_register(config, dataset, network, test_logits, run.info.run_id, device)
+        return _export_and_register(config, dataset, network, test_logits, run.info.run_id, device, shared)
 
 
 def train_key(config: TrainConfig) -> str:
@@ -146,17 +151,36 @@ def _log_test_metrics(predictions: np.ndarray, dataset: ImageDataset) -> None:
         store.call(mlflow.log_artifacts, tmp, names.CONFUSION_DIR)
 
 
+def _export(network: VGG, path: Path, shared: SharedWork) -> None:
+    """Export to ONNX, reusing the graph of an earlier export of the same architecture in this process."""
+    key = json.dumps(network.spec.to_dict(), sort_keys=True)
+    template = shared.get("onnx_graph", key)
+    if template is not None:
+        try:
+            export_with_weights(template, network, path)
+            return
+        except ValueError as error:
+            print(f"exporting afresh: {error}")
+    export_onnx(network, path)
+    shared.put("onnx_graph", key, onnx.load(str(path)))
+
+
 def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VGG, test_logits: torch.Tensor,
-                         run_id: str, device: torch.device) -> TrainOutcome:
+                         run_id: str, device: torch.device, shared: SharedWork) -> TrainOutcome:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         spec = {"architecture": network.spec.to_dict(), "class_names": list(dataset.class_names),
                 "dataset": dataset.name, "dataset_digest": dataset.digest}
         files = registry.write_model_files(network, spec, folder)
-        export_onnx(network, files["onnx"])
-        check = compare_with_torch(network, onnx_session(files["onnx"], device),
-                                   torch.from_numpy(dataset.test_images), config.eval_batch_size, test_logits)
+        _export(network, files["onnx"], shared)
+        session = onnx_session(files["onnx"], device)
+        check = compare_with_torch(network, session, torch.from_numpy(dataset.test_images), config.eval_batch_size,
+                                   test_logits)
         store.call(mlflow.log_metrics, {"onnx_agreement": check.agreement, "onnx_max_abs_diff": check.max_abs_diff})
+        store.call(mlflow.set_tag, names.TAG_ONNX_PROVIDER, session.get_providers()[0])
+        shared.put("onnx_predictions", onnx_check_key(sha256_file(files["onnx"]), config.eval_batch_size, device,
+                                                      dataset.digest),
+                   (check.onnx_logits.argmax(1), session.get_providers()[0]))  # for this model's evaluations
         if 1.0 - check.agreement > MAX_ONNX_DISAGREEMENT:
             raise OnnxMismatch(f"onnxruntime agrees with PyTorch on {check.agreement:.4%} of test images, below "
                                f"{1.0 - MAX_ONNX_DISAGREEMENT:.1%}: the export is wrong; the model was not registered")
