@@ -120,9 +120,12 @@ def _evaluate(**options: Any) -> None:
 def _reproduce(**options: Any) -> None:
     config = StudyConfig(**{k: v for k, v in options.items() if v is not None})
     _ = config.eps_values, config.class_ids(num_classes=None)  # bad values fail before torch and MLflow load
-    from imbadv.study.engine import run_study
+    from imbadv.study import workers
 
-    outcome = run_study(config)
+    with workers.start(config) as pool:  # the workers start while the study's modules load
+        from imbadv.study.engine import run_study
+
+        outcome = run_study(config, pool)
     typer.echo(f"study run {outcome.parent_run_id}: {len(outcome.ran)} steps ran, {len(outcome.reused)} reused, "
                f"{outcome.seconds:.0f} s")
 

@@ -69,3 +69,24 @@ def test_models_finished_by_an_earlier_run_count_as_trained():
     assert schedule.waiting == 2  # over-c3's two evaluations
     schedule.finished(ready[0], succeeded=True)
     assert len(_take_all_ready(schedule)) == 2
+
+
+def test_the_ready_evaluations_of_one_target_are_taken_together_and_leave_the_schedule():
+    schedule = Schedule(plan(StudyConfig(preset="smoke", classes="3", eps="0.01,0.03"), 10, "d", "c"), trained=set())
+    trainings = _take_all_ready(schedule)
+    under3 = next(s for s in trainings if model_of(dict(s.options)) == (0, "under", 3))
+    schedule.finished(under3, succeeded=True)
+    first = schedule.next_ready()
+    together = schedule.take_ready_like(first)
+    # white-box at both eps; the black-box ones wait for the balanced model
+    assert [(dict(s.options)["eps"], dict(s.options)["source"]) for s in [first, *together]] == [
+        (0.01, "self"), (0.03, "self")]
+    balanced = next(s for s in trainings if dict(s.options)["sampling"] == "balanced")
+    schedule.finished(balanced, succeeded=True)
+    first = schedule.next_ready()  # the balanced model's white-box attack comes first in the plan
+    assert model_of(dict(first.options)) == (0, "balanced", None)
+    assert len(schedule.take_ready_like(first)) == 1  # its other eps
+    first = schedule.next_ready()
+    assert {(model_of(dict(s.options)), dict(s.options)["source"]) for s in [first, *schedule.take_ready_like(first)]} \
+        == {((0, "under", 3), "balanced")}
+    assert schedule.waiting == 4  # the over-c3 model's four evaluations: it is not trained yet

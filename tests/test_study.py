@@ -54,11 +54,11 @@ def _env(store: str, cache: Path | None = None) -> dict[str, str]:
     return {**env, "MLFLOW_TRACKING_URI": store, **({"IMBADV_CACHE": str(cache)} if cache else {})}
 
 
-def _reproduce(store: str, data: Path, cache: Path, cwd: Path, output: Path) -> subprocess.Popen:
+def _reproduce(store: str, data: Path, cache: Path, cwd: Path, output: Path, *extra: str) -> subprocess.Popen:
     """The smoke study of classes 3 and 5, its output going to the file `output`."""
     with output.open("w") as log:  # a file, not a pipe: a pipe nobody reads while the study runs can fill up
         return subprocess.Popen([sys.executable, "-m", "imbadv", "reproduce", "--preset", "smoke", "--data", str(data),
-                                 "--classes", "3,5", "--device", "cpu"], env=_env(store, cache), cwd=cwd,
+                                 "--classes", "3,5", "--device", "cpu", *extra], env=_env(store, cache), cwd=cwd,
                                 stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -138,6 +138,21 @@ def report(finished_study, small_data) -> SimpleNamespace:
 def test_a_rerun_of_a_finished_study_reuses_every_step(finished_study, small_data, session_cache):
     log = finished_study.cwd / "again.log"
     output = complete(_reproduce(finished_study.store, small_data, session_cache, finished_study.cwd, log), log)
+    assert f"study run {finished_study.run_id}: 0 steps ran, {STEPS} reused" in output
+
+
+@pytest.mark.slow
+def test_the_shared_engine_ran_every_step_and_the_isolated_one_completes_the_same_study(finished_study, small_data,
+                                                                                          session_cache):
+    client = finished_study.client
+    steps = [r for r in client.search_runs(_experiments(client)) if names.TAG_STEP_KEY in r.data.tags]
+    assert {r.data.tags[names.TAG_ENGINE] for r in steps} == {"shared"}
+    assert {r.data.tags[names.TAG_ONNX_PROVIDER] for r in steps} == {"CPUExecutionProvider"}
+    evaluations = [r for r in steps if r.data.tags[names.TAG_JOB] == "evaluate"]
+    assert len({r.data.tags[names.TAG_PID] for r in evaluations}) == 1  # one worker (--jobs 1) ran them all
+    log = finished_study.cwd / "isolated.log"
+    output = complete(_reproduce(finished_study.store, small_data, session_cache, finished_study.cwd, log,
+                                 "--engine", "isolated"), log)
     assert f"study run {finished_study.run_id}: 0 steps ran, {STEPS} reused" in output
 
 

@@ -5,6 +5,12 @@ dataset digest and code version match a FINISHED run is reused, so an interrupte
 with the same command does only what is missing. Steps run in worker processes (`jobs` at once),
 in the order `imbadv.study.schedule` gives: trainings first, each evaluation once its models are
 trained.
+
+Two engines run the same steps to the same results. `shared` (the default): each worker is
+started once, imports, loads the data and opens the store before the first step, and keeps what
+steps have in common (`imbadv.jobs.shared`); all ready evaluations of one target model go to one
+worker together, so they share its clean pass and ONNX check, and the black-box adversarial set is
+crafted once per worker, source and eps. `isolated`: every step computes all it needs itself.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import mlflow
@@ -25,7 +30,7 @@ from tqdm.auto import tqdm
 from imbadv.config import StudyConfig, first_line
 from imbadv.core.data import load_dataset
 from imbadv.study.plan import Step, plan, step_key
-from imbadv.study import reuse
+from imbadv.study import reuse, workers
 from imbadv.study.schedule import Model, Schedule, model_of
 from imbadv.tracking import lifecycle, names, provenance, store
 
@@ -50,7 +55,7 @@ def discard_unfinished(experiment_id: str, step: Step) -> None:
 
 
 def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
-              log_dir: str, threads: int) -> str:
+              log_dir: str, threads: int, engine: str = "isolated") -> str:
     """Worker: run one step in this process, output to a log file; returns the step's run id."""
     import torch
 
@@ -62,9 +67,25 @@ def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str
     torch.set_num_threads(threads)
     log_path = Path(log_dir) / f"{step.key}.log"
     with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-            lifecycle.step_tags(parent_run_id, step.key):
+            lifecycle.step_tags(parent_run_id, step.key, {names.TAG_ENGINE: engine}):
         job = run_train if step.entry == "train" else run_evaluate
         return job(**dict(step.options), cache_dir=cache_dir, device=device).run_id
+
+
+def _run_evaluations(steps: list[Step], parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
+                     log_dir: str, threads: int) -> list[tuple[str, str | None, str | None]]:
+    """Shared-engine worker: the evaluations of one target, each its own run; (key, run id, error) each.
+
+    White-box ones go first at each eps, so black-box ones find the target's clean pass computed.
+    """
+    results = []
+    for step in sorted(steps, key=lambda s: (dict(s.options)["eps"], dict(s.options)["source"] != "self")):
+        try:
+            run_id = _run_step(step, parent_run_id, experiment_id, cache_dir, device, log_dir, threads, "shared")
+            results.append((step.key, run_id, None))
+        except Exception as error:  # the step's run is FAILED; the other evaluations go on
+            results.append((step.key, None, first_line(error)))
+    return results
 
 
 @dataclass
@@ -76,15 +97,26 @@ class StudyOutcome:
     seconds: float
 
 
-def run_study(config: StudyConfig) -> StudyOutcome:
-    """Run (or complete) a study and return what ran, what was reused and what failed."""
+def run_study(config: StudyConfig, pool: ProcessPoolExecutor | None = None) -> StudyOutcome:
+    """Run (or complete) a study and return what ran, what was reused and what failed.
+
+    `pool`: the study's workers, when the caller started them (`imbadv.study.workers.start`).
+    """
     start = time.monotonic()
+    if pool is not None:
+        return _study(config, pool, start)
+    with workers.start(config) as own:
+        return _study(config, own, start)
+
+
+def _study(config: StudyConfig, pool: ProcessPoolExecutor, start: float) -> StudyOutcome:
     dataset = load_dataset(config.data, config.cache_dir)
     code = provenance.code_version()
     steps = plan(config, dataset.num_classes, dataset.digest, code)
-    study_key = step_key("study", asdict(config) | {"force": False, "jobs": 0}, dataset.digest, code)
+    identity = {k: v for k, v in asdict(config).items() if k != "engine"} | {"force": False, "jobs": 0}
+    study_key = step_key("study", identity, dataset.digest, code)  # either engine completes the same study
     with _exclusive(Path(config.cache_dir).expanduser() / "locks" / f"study-{study_key}.lock"):
-        return _run_steps(config, dataset.name, dataset.digest, steps, study_key, start)
+        return _run_steps(config, pool, dataset.name, dataset.digest, steps, study_key, start)
 
 
 @contextlib.contextmanager
@@ -101,22 +133,23 @@ def _exclusive(path: Path) -> Iterator[None]:
         yield
 
 
-def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, steps: list[Step], study_key: str,
-               start: float) -> StudyOutcome:
+def _run_steps(config: StudyConfig, pool: ProcessPoolExecutor, dataset_name: str, dataset_digest: str,
+               steps: list[Step], study_key: str, start: float) -> StudyOutcome:
     """Open (or reopen) the study's parent run, run what is not finished under it, log the counts."""
     under_project = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` made the study's run
     store.prepare(None if under_project else names.EXPERIMENT)
     parent_id = None if under_project else _existing_parent(study_key)
     with store.call(mlflow.start_run, run_id=parent_id, run_name=f"study-{dataset_name}-{config.preset}") as parent:
         store.call(mlflow.set_tags, {names.TAG_JOB: "study", names.TAG_STUDY_KEY: study_key,
+                                     names.TAG_ENGINE: config.engine,
                                      **provenance.provenance_tags(), names.TAG_DATASET: dataset_name,
                                      names.TAG_DATASET_DIGEST: dataset_digest})
         if parent_id is None:
             store.call(mlflow.log_params, {names.CONFIG_PARAM_PREFIX + k: str(v) for k, v in asdict(config).items()
-                                           if k not in ("force", "jobs", "cache_dir", "device")})
+                                           if k not in ("force", "jobs", "cache_dir", "device", "engine")})
         experiment_id = parent.info.experiment_id
         outcome = StudyOutcome(parent.info.run_id, [], [], [], 0.0)
-        _drive_pool(config, steps, dataset_digest, experiment_id, outcome)
+        _drive_pool(config, pool, steps, dataset_digest, experiment_id, outcome)
         outcome.seconds = time.monotonic() - start
         store.call(mlflow.log_metrics, {"steps_total": len(steps), "steps_reused": len(outcome.reused),
                                         "steps_ran": len(outcome.ran), "steps_failed": len(outcome.failed)})
@@ -126,14 +159,18 @@ def _run_steps(config: StudyConfig, dataset_name: str, dataset_digest: str, step
     return outcome
 
 
-def _drive_pool(config: StudyConfig, steps: list[Step], dataset_digest: str, experiment_id: str,
-                outcome: StudyOutcome) -> None:
+def _drive_pool(config: StudyConfig, pool: ProcessPoolExecutor, steps: list[Step], dataset_digest: str,
+                experiment_id: str, outcome: StudyOutcome) -> None:
     """Run the steps that are not finished on `config.jobs` worker processes, in the schedule's order.
 
     Finished trainings are reused first; each evaluation, once its models are trained, is pinned to
     their exact versions and reused if a finished run has that key. A failed step is recorded in
     `outcome.failed`, with the steps that can no longer run; the others go on.
     """
+    log_dir = Path(config.cache_dir).expanduser() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = workers.threads(config)
+    shared = config.engine == "shared"
     finished = {} if config.force else reuse.finished_steps(experiment_id)
     code = provenance.code_version()
     versions: dict[Model, str] = {}  # the study's models: (seed, sampling, class_id) -> models:/<name>/<version>
@@ -146,45 +183,58 @@ def _drive_pool(config: StudyConfig, steps: list[Step], dataset_digest: str, exp
             outcome.reused.append(step.label)
         else:
             todo.append(step)
-    log_dir = Path(config.cache_dir).expanduser() / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // config.jobs)
     schedule = Schedule(todo, set(versions))
     bar = tqdm(total=len(steps), initial=len(steps) - len(todo), desc="study", unit="step")
-    pending: dict[Future, Step] = {}
-    with ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn")) as pool:
-        while True:
-            for step, reason in schedule.take_blocked():
-                outcome.failed.append(f"{step.label}: {reason}")
-                bar.update(1)
-            while len(pending) < config.jobs and (step := schedule.next_ready()) is not None:
-                if step.entry == "evaluate":
-                    step = reuse.pin_models(step, versions, dataset_digest, code)
-                    if step.key in finished:
-                        outcome.reused.append(step.label)
-                        bar.update(1)
-                        continue
-                discard_unfinished(experiment_id, step)
-                pending[pool.submit(_run_step, step, outcome.parent_run_id, experiment_id, config.cache_dir,
-                                    config.device, str(log_dir), threads)] = step
-            if not pending:
-                break
-            bar.set_postfix(running=len(pending), waiting=schedule.waiting)
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                step = pending.pop(future)
-                try:
-                    run_id = future.result()
+    pending: dict[Future, list[Step]] = {}
+    common = (outcome.parent_run_id, experiment_id, config.cache_dir, config.device, str(log_dir), threads)
+    while True:
+        for step, reason in schedule.take_blocked():
+            outcome.failed.append(f"{step.label}: {reason}")
+            bar.update(1)
+        while len(pending) < config.jobs and (step := schedule.next_ready()) is not None:
+            group = [step] + (schedule.take_ready_like(step) if shared and step.entry == "evaluate" else [])
+            if step.entry == "evaluate":
+                group = [reuse.pin_models(s, versions, dataset_digest, code) for s in group]
+                for reused in [s for s in group if s.key in finished]:
+                    outcome.reused.append(reused.label)
+                    bar.update(1)
+                group = [s for s in group if s.key not in finished]
+                if not group:
+                    continue
+            for member in group:
+                discard_unfinished(experiment_id, member)
+            if step.entry == "evaluate" and shared:
+                pending[pool.submit(_run_evaluations, group, *common)] = group
+            else:
+                pending[pool.submit(_run_step, step, *common, config.engine)] = group
+        if not pending:
+            break
+        bar.set_postfix(running=len(pending), waiting=schedule.waiting)
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            group = pending.pop(future)
+            for step, run_id, error in _results(future, group):
+                if error is None:
                     if step.entry == "train":
                         versions[model_of(dict(step.options))] = reuse.registered_version(run_id)
                     outcome.ran.append(step.label)
-                    schedule.finished(step, succeeded=True)
-                except Exception as error:  # the step's run is FAILED; the study goes on
-                    log_path = log_dir / f"{step.key}.log"
-                    outcome.failed.append(f"{step.label}: {first_line(error)} (log: {log_path})")
-                    schedule.finished(step, succeeded=False)
+                else:
+                    outcome.failed.append(f"{step.label}: {error} (log: {log_dir / f'{step.key}.log'})")
+                schedule.finished(step, succeeded=error is None)
                 bar.update(1)
     bar.close()
+
+
+def _results(future: Future, group: list[Step]) -> list[tuple[Step, str | None, str | None]]:
+    """(step, run id, error) for each step of a finished task: a single step or a group of evaluations."""
+    try:
+        value = future.result()
+    except Exception as error:  # the task (its only step's run, or the worker) failed
+        return [(step, None, first_line(error)) for step in group]
+    if isinstance(value, str):
+        return [(group[0], value, None)]
+    by_key = {key: (run_id, error) for key, run_id, error in value}
+    return [(step, *by_key[step.key]) for step in group]
 
 
 class StudyFailed(RuntimeError):

@@ -60,6 +60,15 @@ class Schedule:
                 return self._waiting.pop(index)
         return None
 
+    def take_ready_like(self, step: Step) -> list[Step]:
+        """The waiting evaluations of the same target model as `step` whose models are trained; they leave
+        the schedule (a shared-engine worker runs them together)."""
+        target = model_of(dict(step.options))
+        taken = [s for s in self._waiting if s.entry == "evaluate" and model_of(dict(s.options)) == target
+                 and self._needs[s.key] <= self._trained]
+        self._waiting = [s for s in self._waiting if s not in taken]
+        return taken
+
     def finished(self, step: Step, succeeded: bool) -> None:
         if step.entry != "train":
             return

@@ -25,9 +25,9 @@ _STEP_TAGS: ContextVar[dict[str, str] | None] = ContextVar("imbadv_step_tags", d
 
 
 @contextmanager
-def step_tags(parent_run_id: str, step_key: str) -> Iterator[None]:
-    """Runs started inside are nested under `parent_run_id` and carry the step's reuse key."""
-    token = _STEP_TAGS.set({"mlflow.parentRunId": parent_run_id, TAG_STEP_KEY: step_key})
+def step_tags(parent_run_id: str, step_key: str, extra: dict[str, str] | None = None) -> Iterator[None]:
+    """Runs started inside are nested under `parent_run_id` and carry the step's reuse key (and `extra`)."""
+    token = _STEP_TAGS.set({"mlflow.parentRunId": parent_run_id, TAG_STEP_KEY: step_key, **(extra or {})})
     try:
         yield
     finally:

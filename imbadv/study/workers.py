@@ -1,0 +1,55 @@
+"""The study's worker processes, started before the parent loads MLflow and PyTorch.
+
+This module imports only the standard library, so `imbadv reproduce` starts the workers first and
+they import, open the store and decode the data while the parent imports and plans (the shared
+engine; an isolated-engine worker does all of that in its first step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imbadv.config import StudyConfig
+
+
+def threads(config: StudyConfig) -> int:
+    """Torch threads per step: the cores shared out between the jobs."""
+    return max(1, (os.cpu_count() or 1) // config.jobs)
+
+
+@contextlib.contextmanager
+def start(config: StudyConfig) -> Iterator[ProcessPoolExecutor]:
+    """The study's `config.jobs` worker processes; the shared engine's start at once."""
+    shared = config.engine == "shared"
+    setup = {"initializer": _start_worker, "initargs": (threads(config), config.data, config.cache_dir)}
+    with ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn"),
+                             **(setup if shared else {})) as pool:
+        if shared:
+            for _ in range(config.jobs):
+                pool.submit(_warm)
+        yield pool
+
+
+def _start_worker(threads: int, data: str, cache_dir: str) -> None:
+    """Shared-engine worker start: imports, threads, the store and the data, once for all its steps."""
+    import torch
+
+    from imbadv.jobs import evaluate, train  # noqa: F401  (imported once, before the first step)
+    from imbadv.jobs.shared import load_data, share_in_this_process
+    from imbadv.tracking import store
+
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as every training sets it
+    store.prepare()
+    load_data(share_in_this_process(), data, cache_dir)
+
+
+def _warm() -> None:
+    """A no-op task: submitting one per worker starts the workers before the first step is ready."""
