@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
+from collections import Counter
 
 import torch
 from mlflow.tracking import MlflowClient
@@ -36,6 +38,23 @@ def phase(runs: list) -> dict:
             "mean_run_s": round(sum(r.info.end_time - r.info.start_time for r in finished) / len(finished) / 1000, 1)}
 
 
+def gpu_utilization(path: str | None) -> dict | None:
+    """Mean and median GPU utilisation (%) and peak memory (MiB) over nvidia-smi's samples."""
+    if path is None:
+        return None
+    samples = []
+    with open(path) as handle:
+        for line in handle:
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+                samples.append((int(fields[0]), int(fields[1])))
+    if not samples:
+        return {"samples": 0}
+    utilization = [u for u, _ in samples]
+    return {"samples": len(samples), "mean_pct": round(statistics.mean(utilization), 1),
+            "median_pct": statistics.median(utilization), "peak_memory_mib": max(m for _, m in samples)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
@@ -44,6 +63,9 @@ def main() -> None:
     parser.add_argument("--preflight-seconds", type=float, default=None,
                         help="seconds of the preflight training run before the study (not in the phases)")
     parser.add_argument("--budget-exceeded", action="store_true", help="the study was stopped by its time budget")
+    parser.add_argument("--engine", default=None, help="the study engine, as given to imbadv reproduce")
+    parser.add_argument("--gpu-samples", default=None,
+                        help="nvidia-smi samples taken during the study: 'utilization %%, memory MiB' per line")
     parser.add_argument("--output", default=None, help="write the JSON here as well as to stdout")
     args = parser.parse_args()
 
@@ -87,6 +109,10 @@ def main() -> None:
         "train_images_per_s_all_jobs": (round(image_epochs / phases["train"]["wall_s"], 1)
                                         if phases["train"]["wall_s"] else None),
         "balanced_test_acc": balanced[0].data.metrics.get("test_acc") if balanced else None,
+        "engine": args.engine,
+        "onnx_providers": dict(Counter(r.data.tags.get(names.TAG_ONNX_PROVIDER, "unknown")
+                                       for job in FULL_STUDY for r in runs[job] if r.info.status == "FINISHED")),
+        "gpu_utilization": gpu_utilization(args.gpu_samples),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
     }

@@ -20,9 +20,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.sh"
 pytestmark = pytest.mark.slow
 
 
-def _run(data: Path | None, cache: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run(data: Path | None, cache: Path, out: Path, *extra: str, **variables: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PYTHON=sys.executable, IMBADV_CACHE=str(cache))
+    env.update(PYTHON=sys.executable, IMBADV_CACHE=str(cache), **variables)
     data_option = [] if data is None else ["--data", str(data)]
     preflight = [] if "--preflight" in extra else ["--preflight", "0"]
     return subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", *data_option,
@@ -31,7 +31,13 @@ def _run(data: Path | None, cache: Path, out: Path, *extra: str) -> subprocess.C
 
 
 def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(small_data, session_cache, tmp_path):
-    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1", "--jobs", "2")
+    # nvidia-smi's part is played by a sampler printing what `--query-gpu=utilization.gpu,memory.used
+    # --format=csv,noheader,nounits -lms 1000` prints, until the script stops it
+    sampler = tmp_path / "nvidia-smi"
+    sampler.write_text("#!/usr/bin/env bash\nwhile true; do echo '40, 1000'; echo '60, 3000'; sleep 0.2; done\n")
+    sampler.chmod(0o755)
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1", "--jobs", "2",
+                  NVIDIA_SMI=str(sampler))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study_store = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=study_store, registry_uri=study_store)
@@ -54,6 +60,10 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     assert timing["train_images_per_s"] > 0 and 0 <= timing["balanced_test_acc"] <= 1
     assert timing["train_images_per_s_all_jobs"] > 0
     assert timing["torch"] and timing["device"]
+    assert timing["engine"] == "shared" and timing["onnx_providers"] == {"CPUExecutionProvider": 8}
+    utilization = timing["gpu_utilization"]
+    assert utilization["samples"] >= 2 and utilization["mean_pct"] == pytest.approx(50, abs=10)
+    assert utilization["peak_memory_mib"] == 3000
     assert (tmp_path / "out" / "reports" / f"{small_data.name}-smoke" / "report.html").exists()
     with open(tmp_path / "out" / "runs.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
