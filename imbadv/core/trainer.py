@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imbadv.config import TrainConfig
+from imbadv.core.group import Member, TrainingGroup
 from imbadv.core.inference import autocast, predict_logits, set_layout, to_unit
 from imbadv.core.optim import keras_rmsprop
 
@@ -110,14 +111,17 @@ class TrainState:
 def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
           val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig,
           on_epoch: Callable[[EpochMetrics], None] | None = None,
-          on_checkpoint: Callable[[dict], None] | None = None, resume_from: dict | None = None) -> TrainResult:
+          on_checkpoint: Callable[[dict], None] | None = None, resume_from: dict | None = None,
+          group: TrainingGroup | None = None) -> TrainResult:
     """Train `model` in place on uint8 images (N, 3, 32, 32) already on its device.
 
     Stops after `config.patience` epochs without a lower validation loss or at `config.epochs`,
     and leaves the model holding the best epoch's weights. After every epoch `on_checkpoint` gets
     the whole training state (`TrainState.to_dict`); `resume_from` continues from such a state,
     giving the same weights as an uninterrupted run. With `config.channels_last` the steps run in
-    that layout; the model is returned in the default layout either way.
+    that layout; the model is returned in the default layout either way. With `group`, the training
+    epochs run vectorised with the group's other models (`imbadv.core.group`; the caller runs each
+    member in its own thread); validation, early stopping and checkpoints stay this model's own.
     """
     set_layout(model, config.channels_last)
     optimizer, scheduler = keras_rmsprop(model.parameters(), config.lr, config.rho,
@@ -129,13 +133,41 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
     else:
         state = TrainState(model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
                            torch.get_rng_state())
+    if group is not None and (config.torch_compile or config.augment):
+        raise ValueError("a training group runs neither torch.compile nor augmentation: train this model alone")
     forward = torch.compile(model) if config.torch_compile else model  # shares the model's parameters
+    member = Member(model, optimizer, scheduler, generator, train_images, train_labels, config)
+    if group is not None:
+        group.join(member)
+    try:
+        _epochs(model, forward, optimizer, scheduler, generator, train_images, train_labels, val_images,
+                val_labels, config, state, on_epoch, on_checkpoint, group, member)
+    finally:
+        if group is not None:
+            group.leave(member)
 
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    set_layout(model, channels_last=False)
+    model.eval()
+    return state.result()
+
+
+def _epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+            scheduler: Any, generator: torch.Generator, train_images: torch.Tensor, train_labels: torch.Tensor,
+            val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig, state: TrainState,
+            on_epoch: Callable[[EpochMetrics], None] | None, on_checkpoint: Callable[[dict], None] | None,
+            group: TrainingGroup | None, member: Member) -> None:
+    """The epochs from `state.epochs_done` until early stopping or `config.epochs`."""
     for epoch in range(state.epochs_done, config.epochs):
         if state.stopped_early:
             break
-        train_loss, train_acc = _train_epoch(model, forward, optimizer, scheduler, generator, train_images,
-                                             train_labels, config, epoch)
+        if group is None:
+            train_loss, train_acc = _train_epoch(model, forward, optimizer, scheduler, generator, train_images,
+                                                 train_labels, config, epoch)
+        else:
+            train_loss, train_acc = group.train_epoch(member)
+            _check_finite(train_loss, epoch)
         val_logits = predict_logits(model, val_images, config.eval_batch_size, config.precision)
         val_loss = F.cross_entropy(val_logits, val_labels.to(val_logits.device)).item()
         val_acc = (val_logits.argmax(1) == val_labels.to(val_logits.device)).float().mean().item()
@@ -158,12 +190,6 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
                                                              scheduler.state_dict())
             state.generator, state.torch_rng = generator.get_state(), torch.get_rng_state()
             on_checkpoint(state.to_dict())
-
-    if state.best_state is not None:
-        model.load_state_dict(state.best_state)
-    set_layout(model, channels_last=False)
-    model.eval()
-    return state.result()
 
 
 def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -194,7 +220,11 @@ def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         correct += (logits.argmax(1) == labels).sum()
     bar.close()
     train_loss = loss_sum.item() / len(train_images)
+    _check_finite(train_loss, epoch)
+    return train_loss, correct.item() / len(train_images)
+
+
+def _check_finite(train_loss: float, epoch: int) -> None:
     if not torch.isfinite(torch.tensor(train_loss)):
         raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}: lower --lr "
                                "or use --precision fp32")
-    return train_loss, correct.item() / len(train_images)
