@@ -83,7 +83,8 @@ class ModelSelection:
         "sampling=balanced."))
     preset: str = field(default="paper", metadata=_help(
         "Named set of config values: 'paper' (the paper's, fp32), 'paper-fast' (paper plus a GPU's "
-        "fast paths), 'cpu' (a 2-core machine) or 'smoke' (seconds, for tests)."))
+        "fast paths), 'paper-group' (paper-fast without torch.compile, for training groups), 'cpu' (a 2-core "
+        "machine) or 'smoke' (seconds, for tests)."))
     seed: int = field(default=0, metadata=_help("Seed for sampling, initialisation and shuffling."))
     cache_dir: str = field(default_factory=default_cache_dir, metadata=_help(
         "Cache for downloads and decoded arrays (default: $IMBADV_CACHE, else ~/.cache/imbadv)."))
@@ -236,7 +237,7 @@ class StudyConfig:
     """A study: the paper's 21 models and 50 attacked combinations, per seed and eps (section 4)."""
 
     preset: str = field(default=ModelSelection.preset, metadata={
-        "help": "Preset of every model (paper, paper-fast, cpu, smoke)."})
+        "help": "Preset of every model (paper, paper-fast, paper-group, cpu, smoke)."})
     seeds: int = field(default=1, metadata={"help": "Seeds per configuration (0 .. seeds-1)."})
     data: str = field(default=ModelSelection.data, metadata={"help": "Data source, as for train."})
     eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
@@ -248,11 +249,23 @@ class StudyConfig:
         "'shared': long-lived workers that load data and models once and share each target's clean pass, "
         "ONNX check and the black-box adversarial sets between its evaluations (same results); 'isolated': "
         "every step computes all it needs itself.")})
+    group_trainings: int = field(default=0, metadata={"help": (
+        "Trainings of one kind (equally many images) trained side by side in one shared-engine worker, "
+        "vectorised: 0 = auto (10 on CUDA with a preset without torch.compile or augmentation, else 1), "
+        "1 = each alone. Grouped models equal alone-trained ones up to float32 rounding, not bit for bit.")})
     cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "Cache, as for train."})
     device: str = field(default=ModelSelection.device, metadata={"help": "'auto', 'cpu' or 'cuda'."})
 
     def __post_init__(self) -> None:
         check_preset(self.preset)
+        if self.group_trainings < 0:
+            raise ConfigError(f"group trainings {self.group_trainings} is negative: pass 0 (auto), 1 or more")
+        if self.group_trainings > 1 and self.engine != "shared":
+            raise ConfigError("training groups run on the shared engine: drop --engine isolated or pass "
+                              "--group-trainings 1")
+        if self.group_trainings > 1 and not groupable(self.preset):
+            raise ConfigError(f"preset {self.preset} uses torch.compile or augmentation, which a training group "
+                              "does not run: pass --group-trainings 1 or a preset without them (paper-group)")
         if self.engine not in get_args(Engine):
             raise ConfigError(f"unknown engine {self.engine!r}: use shared or isolated")
         if self.seeds < 1 or self.jobs < 1:
@@ -305,10 +318,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's model and schedule with a GPU's fast paths: bf16 autocast, torch.compile and
     # channels_last (numerics change; every value is logged with the run).
     "paper-fast": {"precision": "bf16", "torch_compile": True, "channels_last": True},
+    # paper-fast without torch.compile: what a training group (--group-trainings) runs on a GPU.
+    "paper-group": {"precision": "bf16", "channels_last": True},
     # Seconds: tiny width, a few hundred training images; evaluation still uses the whole test set.
     "smoke": {"width": 8, "dense_units": 64, "majority_count": 100, "minority_count": 20,
               "batch_size": 8, "lr": 1e-3, "epochs": 2, "patience": 2},
 }
+
+
+def groupable(preset: str) -> bool:
+    """Whether a preset's trainings can run in a training group (no torch.compile, no augmentation)."""
+    return not (PRESETS.get(preset, {}).get("torch_compile") or PRESETS.get(preset, {}).get("augment"))
 
 
 def check_preset(preset: str) -> None:

@@ -206,3 +206,31 @@ def test_a_second_identical_study_on_this_machine_is_refused(tmp_path):
         pass
     with _exclusive(lock):  # released when the first study ends
         pass
+
+
+@pytest.mark.slow
+def test_a_study_with_training_groups_trains_each_kind_side_by_side(store, small_data, session_cache, tmp_path):
+    log = tmp_path / "grouped.log"
+    output = complete(_reproduce(store, small_data, session_cache, tmp_path, log, "--group-trainings", "2"), log)
+    assert f"{STEPS} steps ran, 0 reused" in output
+    client = _client(store)
+    trainings = {r.info.run_name: r for r in client.search_runs(_experiments(client), "tags.`imbadv.job` = 'train'")}
+    assert {name: r.data.tags.get(names.TAG_GROUP_SIZE) for name, r in trainings.items()} == {
+        "train-balanced-smoke-s0": None, "train-under-c3-smoke-s0": "2", "train-under-c5-smoke-s0": "2",
+        "train-over-c3-smoke-s0": "2", "train-over-c5-smoke-s0": "2"}
+    assert all(r.info.status == "FINISHED" for r in trainings.values())
+    under = [trainings[f"train-under-c{c}-smoke-s0"] for c in (3, 5)]
+    assert under[0].data.tags[names.TAG_PID] == under[1].data.tags[names.TAG_PID]  # one worker, side by side
+    for model in MODELS:
+        assert len(client.search_model_versions(f"name = 'imbadv-{small_data.name}-{model}'")) == 1, model
+    logs = session_cache / "logs"
+    keys = {r.data.tags[names.TAG_STEP_KEY] for r in under}
+    assert len({(logs / f"{key}.log").stat().st_ino for key in keys}) == 1  # one log, under each step's key
+
+
+def test_training_groups_need_the_shared_engine_and_a_preset_without_compile():
+    with pytest.raises(ConfigError, match="shared engine"):
+        StudyConfig(group_trainings=2, engine="isolated")
+    with pytest.raises(ConfigError, match="paper-group"):
+        StudyConfig(group_trainings=2, preset="paper-fast")
+    assert StudyConfig(group_trainings=2, preset="paper-group").group_trainings == 2

@@ -51,13 +51,18 @@ class TrainingGroup:
     """Meeting point of the models trained together: `expected` members join, each leaves when it stops."""
 
     def __init__(self, expected: int) -> None:
-        self._expected = expected
+        self._expected = self._size = expected
         self._joined = 0
         self._joined_threads: set[int] = set()
         self._members: list[Member] = []
         self._arrived: list[Member] = []
         self._round = 0
         self._lock = threading.Condition()
+
+    @property
+    def size(self) -> int:
+        """The models the group was made for."""
+        return self._size
 
     def join(self, member: Member) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from imbadv.config import MAX_ONNX_DISAGREEMENT, TrainConfig, model_label, resolve_train_config
 from imbadv.core import metrics, plots
 from imbadv.core.data import DataError, ImageDataset, sha256_file
+from imbadv.core.group import TrainingGroup
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
 from imbadv.core.model import VGG, VGGSpec
@@ -46,13 +48,15 @@ def run_name(config: TrainConfig) -> str:
     return f"train-{model_label(config.sampling, config.class_id)}-{config.preset}-s{config.seed}"
 
 
-def run_train(resume: str | None = None, shared: SharedWork | None = None, **options: Any) -> TrainOutcome:
+def run_train(resume: str | None = None, shared: SharedWork | None = None, group: TrainingGroup | None = None,
+              **options: Any) -> TrainOutcome:
     """Resolve the config from `options` (None = the preset's value) and run the whole train job.
 
     A run of the same config and code that was killed (RUNNING or KILLED) is resumed from its last
     checkpoint, as is the run `resume` names; under `mlflow run` the project's run is used.
     `shared` (default: this process's study memo, else nothing shared) gives the decoded data and
-    the ONNX graph of an earlier model of the same architecture.
+    the ONNX graph of an earlier model of the same architecture. With `group` (a study's shared
+    engine runs each member in its own thread) the epochs run vectorised with the group's other models.
     """
     shared = current(shared)
     config = resolve_train_config(**options)  # bad options stop here, before any run exists
@@ -70,7 +74,9 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, **opt
                             "afresh in a new run (do not pass --resume)")
         log.log_dataset(dataset, "training")
         checkpoint = _load_checkpoint(run.info.run_id) if resume_id else None
-        network = _train_network(config, dataset, device, checkpoint)
+        if group is not None:
+            store.call(mlflow.set_tag, names.TAG_GROUP_SIZE, str(group.size))
+        network = _train_network(config, dataset, device, checkpoint, group)
         test_logits = predict_logits(network, torch.from_numpy(dataset.test_images).to(device),
                                      config.eval_batch_size)
         _log_test_metrics(test_logits.argmax(1).cpu().numpy(), dataset)
@@ -113,8 +119,13 @@ def _save_checkpoint(state: dict) -> None:
         store.call(mlflow.log_artifact, str(path), names.CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
 
 
+# Seeding and building a model use torch's global generator: one thread at a time, so a model's
+# initial weights do not depend on what other threads of a training group do meanwhile.
+_INIT_LOCK = threading.Lock()
+
+
 def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.device,
-                   checkpoint: dict | None) -> VGG:
+                   checkpoint: dict | None, group: TrainingGroup | None = None) -> VGG:
     split = sample_split(dataset.train_labels, config, dataset.num_classes)
     store.call(mlflow.log_text, "\n".join(map(str, split.train.tolist())), names.TRAIN_INDICES_ARTIFACT)
     store.call(mlflow.log_text, "\n".join(map(str, split.val.tolist())), names.VAL_INDICES_ARTIFACT)
@@ -123,9 +134,10 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
                        "val_split": f"stratified {config.val_fraction:g} of each class's sampled images",
                        "train_counts": ",".join(map(str, counts.tolist()))})
 
-    seed_everything(config.seed)
-    network = VGG(VGGSpec(num_classes=dataset.num_classes, width=config.width, dense_units=config.dense_units,
-                          dropout=config.dropout, batch_norm=config.batch_norm)).to(device)
+    with _INIT_LOCK:
+        seed_everything(config.seed)
+        network = VGG(VGGSpec(num_classes=dataset.num_classes, width=config.width, dense_units=config.dense_units,
+                              dropout=config.dropout, batch_norm=config.batch_norm)).to(device)
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(device)
@@ -133,7 +145,7 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     result = train(network, as_tensor(dataset.train_images[split.train]), as_tensor(dataset.train_labels[split.train]),
                    as_tensor(dataset.train_images[split.val]), as_tensor(dataset.train_labels[split.val]), config,
                    on_epoch=lambda m: store.call(mlflow.log_metrics, m.as_dict(), step=m.epoch),
-                   on_checkpoint=_save_checkpoint, resume_from=checkpoint)
+                   on_checkpoint=_save_checkpoint, resume_from=checkpoint, group=group)
     store.call(mlflow.log_metrics, {"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
     store.call(mlflow.set_tag, "imbadv.stopped_early", str(result.stopped_early))
     return network

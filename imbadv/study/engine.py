@@ -16,7 +16,9 @@ crafted once per worker, source and eps. `isolated`: every step computes all it 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -27,7 +29,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from imbadv.config import StudyConfig, first_line
+from imbadv.config import StudyConfig, first_line, groupable
 from imbadv.core.data import load_dataset
 from imbadv.study.plan import Step, plan, step_key
 from imbadv.study import reuse, workers
@@ -72,6 +74,55 @@ def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str
         return job(**dict(step.options), cache_dir=cache_dir, device=device).run_id
 
 
+def _run_training_group(steps: list[Step], parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
+                        log_dir: str, threads: int) -> list[tuple[str, str | None, str | None]]:
+    """Shared-engine worker: trainings side by side (`imbadv.core.group`), each its own run in its own
+    thread; (key, run id, error) each. They log to one file, linked under every step's key."""
+    import torch
+
+    from imbadv.core.group import TrainingGroup
+    from imbadv.jobs.train import run_train
+
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    torch.set_num_threads(threads)
+    group = TrainingGroup(len(steps))
+    results: list[tuple[str, str | None, str | None]] = [(s.key, None, "did not run") for s in steps]
+
+    def member(index: int, step: Step) -> None:
+        try:
+            with lifecycle.step_tags(parent_run_id, step.key, {names.TAG_ENGINE: "shared"}):
+                run = run_train(**dict(step.options), cache_dir=cache_dir, device=device, group=group)
+            results[index] = (step.key, run.run_id, None)
+        except Exception as error:  # this model's run is FAILED; the others go on
+            results[index] = (step.key, None, first_line(error))
+        finally:
+            group.release()
+
+    log_path = Path(log_dir) / f"{steps[0].key}.log"
+    with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        workers_ = [threading.Thread(target=contextvars.copy_context().run, args=(member, i, s), name=s.label)
+                    for i, s in enumerate(steps)]
+        for thread in workers_:
+            thread.start()
+        for thread in workers_:
+            thread.join()
+    for step in steps[1:]:
+        linked = Path(log_dir) / f"{step.key}.log"
+        linked.unlink(missing_ok=True)
+        os.link(log_path, linked)
+    return results
+
+
+def group_size(config: StudyConfig) -> int:
+    """Trainings per training group: the option, else 10 on CUDA for a preset a group can run, else 1."""
+    if config.group_trainings:
+        return config.group_trainings
+    from imbadv.core.inference import resolve_device
+
+    return 10 if resolve_device(config.device).type == "cuda" and groupable(config.preset) else 1
+
+
 def _run_evaluations(steps: list[Step], parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
                      log_dir: str, threads: int) -> list[tuple[str, str | None, str | None]]:
     """Shared-engine worker: the evaluations of one target, each its own run; (key, run id, error) each.
@@ -113,7 +164,8 @@ def _study(config: StudyConfig, pool: ProcessPoolExecutor, start: float) -> Stud
     dataset = load_dataset(config.data, config.cache_dir)
     code = provenance.code_version()
     steps = plan(config, dataset.num_classes, dataset.digest, code)
-    identity = {k: v for k, v in asdict(config).items() if k != "engine"} | {"force": False, "jobs": 0}
+    identity = {k: v for k, v in asdict(config).items() if k not in ("engine", "group_trainings")} | {
+        "force": False, "jobs": 0}
     study_key = step_key("study", identity, dataset.digest, code)  # either engine completes the same study
     with _exclusive(Path(config.cache_dir).expanduser() / "locks" / f"study-{study_key}.lock"):
         return _run_steps(config, pool, dataset.name, dataset.digest, steps, study_key, start)
@@ -146,7 +198,7 @@ def _run_steps(config: StudyConfig, pool: ProcessPoolExecutor, dataset_name: str
                                      names.TAG_DATASET_DIGEST: dataset_digest})
         if parent_id is None:
             store.call(mlflow.log_params, {names.CONFIG_PARAM_PREFIX + k: str(v) for k, v in asdict(config).items()
-                                           if k not in ("force", "jobs", "cache_dir", "device", "engine")})
+                                           if k not in RUN_OPTIONS})
         experiment_id = parent.info.experiment_id
         outcome = StudyOutcome(parent.info.run_id, [], [], [], 0.0)
         _drive_pool(config, pool, steps, dataset_digest, experiment_id, outcome)
@@ -171,6 +223,7 @@ def _drive_pool(config: StudyConfig, pool: ProcessPoolExecutor, steps: list[Step
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = workers.threads(config)
     shared = config.engine == "shared"
+    trainings_together = group_size(config) if shared else 1
     finished = {} if config.force else reuse.finished_steps(experiment_id)
     code = provenance.code_version()
     versions: dict[Model, str] = {}  # the study's models: (seed, sampling, class_id) -> models:/<name>/<version>
@@ -193,6 +246,8 @@ def _drive_pool(config: StudyConfig, pool: ProcessPoolExecutor, steps: list[Step
             bar.update(1)
         while len(pending) < config.jobs and (step := schedule.next_ready()) is not None:
             group = [step] + (schedule.take_ready_like(step) if shared and step.entry == "evaluate" else [])
+            if step.entry == "train" and trainings_together > 1:
+                group += schedule.take_trainings_like(step, trainings_together - 1)
             if step.entry == "evaluate":
                 group = [reuse.pin_models(s, versions, dataset_digest, code) for s in group]
                 for reused in [s for s in group if s.key in finished]:
@@ -205,6 +260,8 @@ def _drive_pool(config: StudyConfig, pool: ProcessPoolExecutor, steps: list[Step
                 discard_unfinished(experiment_id, member)
             if step.entry == "evaluate" and shared:
                 pending[pool.submit(_run_evaluations, group, *common)] = group
+            elif len(group) > 1:
+                pending[pool.submit(_run_training_group, group, *common)] = group
             else:
                 pending[pool.submit(_run_step, step, *common, config.engine)] = group
         if not pending:
@@ -235,6 +292,10 @@ def _results(future: Future, group: list[Step]) -> list[tuple[Step, str | None, 
         return [(group[0], value, None)]
     by_key = {key: (run_id, error) for key, run_id, error in value}
     return [(step, *by_key[step.key]) for step in group]
+
+
+# How a study runs, not what it computes: not logged as params, not in the study's key.
+RUN_OPTIONS = ("force", "jobs", "cache_dir", "device", "engine", "group_trainings")
 
 
 class StudyFailed(RuntimeError):

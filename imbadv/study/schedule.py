@@ -69,6 +69,14 @@ class Schedule:
         self._waiting = [s for s in self._waiting if s not in taken]
         return taken
 
+    def take_trainings_like(self, step: Step, limit: int) -> list[Step]:
+        """Up to `limit` waiting trainings of the same sampling as `step` (equally many images, so they can
+        train side by side); they leave the schedule."""
+        sampling = dict(step.options)["sampling"]
+        taken = [s for s in self._waiting if s.entry == "train" and dict(s.options)["sampling"] == sampling][:limit]
+        self._waiting = [s for s in self._waiting if s not in taken]
+        return taken
+
     def finished(self, step: Step, succeeded: bool) -> None:
         if step.entry != "train":
             return
