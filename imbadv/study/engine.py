@@ -245,7 +245,10 @@ def _drive_pool(config: StudyConfig, pool: ProcessPoolExecutor, steps: list[Step
             outcome.failed.append(f"{step.label}: {reason}")
             bar.update(1)
         while len(pending) < config.jobs and (step := schedule.next_ready()) is not None:
-            group = [step] + (schedule.take_ready_like(step) if shared and step.entry == "evaluate" else [])
+            idle = config.jobs - len(pending)  # workers free now, this step's included
+            # a target's evaluations go together, unless splitting them is what keeps idle workers busy
+            together = shared and step.entry == "evaluate" and schedule.ready() >= idle
+            group = [step] + (schedule.take_ready_like(step) if together else [])
             if step.entry == "train" and trainings_together > 1:
                 group += schedule.take_trainings_like(step, trainings_together - 1)
             if step.entry == "evaluate":

@@ -60,6 +60,10 @@ class Schedule:
                 return self._waiting.pop(index)
         return None
 
+    def ready(self) -> int:
+        """How many waiting steps could start now."""
+        return sum(self._needs[s.key] <= self._trained for s in self._waiting)
+
     def take_ready_like(self, step: Step) -> list[Step]:
         """The waiting evaluations of the same target model as `step` whose models are trained; they leave
         the schedule (a shared-engine worker runs them together)."""
