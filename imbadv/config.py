@@ -8,6 +8,7 @@ dataclasses: the defaults live here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,9 @@ class ModelSelection:
         "Named set of config values: 'paper' (the paper's, fp32), 'paper-fast' (paper plus a GPU's "
         "fast paths), 'paper-group' (paper-fast without torch.compile, for training groups), 'cpu' (a 2-core "
         "machine) or 'smoke' (seconds, for tests)."))
-    seed: int = field(default=0, metadata=_help("Seed for sampling, initialisation and shuffling."))
+    seed: int = field(default=0, metadata=_help(
+        "Seed for sampling; initialisation and shuffling take a seed derived from it, the sampling and the class "
+        "(see --shared-init)."))
     cache_dir: str = field(default_factory=default_cache_dir, metadata=_help(
         "Cache for downloads and decoded arrays (default: $IMBADV_CACHE, else ~/.cache/imbadv)."))
     device: str = field(default="auto", metadata=_help("'auto' (CUDA when present), 'cpu' or 'cuda'."))
@@ -139,6 +142,10 @@ class TrainConfig(ModelSelection):
         "Compile the training forward and backward with torch.compile (faster on GPUs after a compile "
         "of about a minute; fp32 results equal up to rounding)."))
     eval_batch_size: int = field(default=INFERENCE_BATCH, metadata=_help("Batch for validation and test inference."))
+    shared_init: bool = field(default=False, metadata=_help(
+        "Initialise and shuffle with --seed itself, so that the 21 models of a seed start from the same weights "
+        "(imbadv before 2026-12); by default each model has its own seed, derived from (seed, sampling, class), "
+        "as each of the paper's unseeded Keras models had its own start."))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +159,15 @@ class TrainConfig(ModelSelection):
             raise ConfigError("lr must be > 0 and decay >= 0: pass e.g. --lr 1e-4 --decay 1e-5")
         if self.precision not in get_args(Precision):
             raise ConfigError(f"unknown precision {self.precision!r}: use fp32 or bf16")
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of this model's initial weights and batch order: `seed` with --shared-init, else one
+        derived from (seed, sampling, class id), the same whenever this model is trained again."""
+        if self.shared_init:
+            return self.seed
+        text = f"imbadv-init:{self.seed}:{self.sampling}:{'' if self.class_id is None else self.class_id}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1  # 31 bits
 
 
 @dataclass(frozen=True)
@@ -245,6 +261,8 @@ class StudyConfig:
     classes: str = field(default="all", metadata={"help": "'all', or comma-separated class ids or CIFAR-10 names."})
     jobs: int = field(default=1, metadata={"help": "Steps run at once, each in its own process."})
     force: bool = field(default=False, metadata={"help": "Rerun steps even when a finished run matches."})
+    shared_init: bool = field(default=False, metadata={"help": (
+        "Start all models of a seed from the same weights and batch order, as train's --shared-init.")})
     engine: Engine = field(default="shared", metadata={"help": (
         "'shared': long-lived workers that load data and models once and share each target's clean pass, "
         "ONNX check and the black-box adversarial sets between its evaluations (same results); 'isolated': "

@@ -126,7 +126,7 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
     set_layout(model, config.channels_last)
     optimizer, scheduler = keras_rmsprop(model.parameters(), config.lr, config.rho,
                                          config.optimizer_eps, config.decay)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.init_seed)  # this model's batch order
     if resume_from is not None:
         state = TrainState.from_dict(resume_from)
         state.restore(model, optimizer, scheduler, generator)

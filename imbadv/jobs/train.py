@@ -122,6 +122,24 @@ def _save_checkpoint(state: dict) -> None:
 # Seeding and building a model use torch's global generator: one thread at a time, so a model's
 # initial weights do not depend on what other threads of a training group do meanwhile.
 _INIT_LOCK = threading.Lock()
+_EXPORT_LOCK = threading.Lock()
+
+
+def initial_network(config: TrainConfig, num_classes: int) -> VGG:
+    """The model before training: its weights drawn from `config.init_seed`."""
+    with _INIT_LOCK:
+        seed_everything(config.init_seed)
+        return VGG(VGGSpec(num_classes=num_classes, width=config.width, dense_units=config.dense_units,
+                           dropout=config.dropout, batch_norm=config.batch_norm))
+
+
+def weights_sha256(network: torch.nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, shapes and float32 values, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.device,
@@ -134,10 +152,9 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
                        "val_split": f"stratified {config.val_fraction:g} of each class's sampled images",
                        "train_counts": ",".join(map(str, counts.tolist()))})
 
-    with _INIT_LOCK:
-        seed_everything(config.seed)
-        network = VGG(VGGSpec(num_classes=dataset.num_classes, width=config.width, dense_units=config.dense_units,
-                              dropout=config.dropout, batch_norm=config.batch_norm)).to(device)
+    network = initial_network(config, dataset.num_classes).to(device)
+    store.call(mlflow.log_param, "init_seed", config.init_seed)
+    store.call(mlflow.set_tag, names.TAG_INIT_SHA256, weights_sha256(network))
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(device)
@@ -166,6 +183,11 @@ def _log_test_metrics(predictions: np.ndarray, dataset: ImageDataset) -> None:
 def _export(network: VGG, path: Path, shared: SharedWork) -> None:
     """Export to ONNX, reusing the graph of an earlier export of the same architecture in this process."""
     key = json.dumps(network.spec.to_dict(), sort_keys=True)
+    with _EXPORT_LOCK:  # the exporter traces through torch's global state: one thread at a time
+        _export_once(network, path, shared, key)
+
+
+def _export_once(network: VGG, path: Path, shared: SharedWork, key: str) -> None:
     template = shared.get("onnx_graph", key)
     if template is not None:
         try:

@@ -42,12 +42,13 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     """Trainings (balanced, under c, over c per seed), then evaluations (per seed and eps)."""
     classes = config.class_ids(num_classes)
     base = {"preset": config.preset, "data": config.data}
+    training = {**base, **({"shared_init": True} if config.shared_init else {})}
     specs: list[tuple[str, dict[str, Any]]] = []
     for seed in range(config.seeds):
-        specs.append(("train", {**base, "seed": seed, "sampling": "balanced", "class_id": None}))
+        specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))
         for c in classes:
             for sampling in ("under", "over"):
-                specs.append(("train", {**base, "seed": seed, "sampling": sampling, "class_id": c}))
+                specs.append(("train", {**training, "seed": seed, "sampling": sampling, "class_id": c}))
     for seed in range(config.seeds):
         for eps in config.eps_values:
             attack = {**base, "seed": seed, "eps": eps,

@@ -27,6 +27,7 @@ TAG_STUDY_KEY = "imbadv.study_key"
 TAG_ONNX_PROVIDER = "imbadv.onnx_provider"  # the onnxruntime execution provider of the cross-check
 TAG_ENGINE = "imbadv.engine"  # the study engine that ran a step: shared or isolated
 TAG_GROUP_SIZE = "imbadv.group_size"  # a training's models trained side by side with it (itself included)
+TAG_INIT_SHA256 = "imbadv.init_sha256"  # a training's initial weights: equal only for the same model again
 TAG_THREADS = "imbadv.threads"  # torch's intra-op threads: bit-identical weights need the same count
 
 # Artifact paths.
