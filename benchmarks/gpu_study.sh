@@ -14,7 +14,8 @@
 # on the device, in a scratch store: a broken environment (a missing package, a failing compile or
 # ONNX export) fails there in a minute instead of after the budget. It also fills the decoded-image
 # cache and torch.compile's cache that the study then reuses; its seconds are reported apart
-# (preflight_s). --preflight 0 skips it.
+# (preflight_s). --preflight 0 skips it. When the study may train groups (--group-trainings other than
+# 1; 0 on a GPU), the preflight also runs benchmarks/bench_group.py for two models (bench_group.txt).
 # --budget caps the study's seconds (default 540: 9 minutes). If it runs out, the study is stopped,
 # and the JSON extrapolates each phase from its finished steps and says so. --jobs independent
 # steps share the device, each in its own process; --engine (shared, the default, or isolated) and
@@ -49,6 +50,16 @@ if [ "$PREFLIGHT" = 1 ]; then
     echo "gpu_study.sh: the preflight training failed, so the study was not started: see $OUT/preflight.log" >&2
     tail -n 5 "$OUT/preflight.log" >&2
     exit 3
+  fi
+  if [ "$GROUP" != 1 ] && { [ "$GROUP" != 0 ] || [ "$DEVICE" != cpu ]; }; then
+    # the study may train groups: vmap on this device, and a group's speed against one model at a time
+    if ! "$PYTHON" "$HERE/../benchmarks/bench_group.py" --device "$DEVICE" --models 2 --images 256 --repeats 1 \
+        --width "${GROUP_CHECK_WIDTH:-64}" --batch 32 --precision bf16 >"$OUT/bench_group.txt" 2>&1; then
+      echo "gpu_study.sh: the training-group check failed, so the study was not started: see $OUT/bench_group.txt" >&2
+      tail -n 5 "$OUT/bench_group.txt" >&2
+      exit 3
+    fi
+    tail -n 2 "$OUT/bench_group.txt"
   fi
   PREFLIGHT_ARGS=(--preflight-seconds "$(seconds_since "$START_MS")")
   echo "preflight: passed in ${PREFLIGHT_ARGS[1]}s"

@@ -144,3 +144,16 @@ def test_a_folder_without_wheels_is_refused_before_anything_runs(tmp_path, sessi
     result = _run(None, session_cache, tmp_path / "out", "--kit", str(tmp_path))
     assert result.returncode == 2 and "has no wheels/" in result.stderr and "gpu_kit.sh" in result.stderr
     assert not (tmp_path / "out" / "mlflow.db").exists()
+
+
+def test_a_grouped_study_checks_its_training_group_in_the_preflight(small_data, session_cache, tmp_path):
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3,5", "--preflight", "1",
+                  "--group-trainings", "2", GROUP_CHECK_WIDTH="4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check = (tmp_path / "out" / "bench_group.txt").read_text()
+    assert "loop" in check and "group" in check and "img/s" in check
+    study_store = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=study_store, registry_uri=study_store)
+    grouped = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 "tags.`imbadv.group_size` = '2'")
+    assert len(grouped) == 4  # under-c3 with under-c5, over-c3 with over-c5
