@@ -84,3 +84,17 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def keras_init_(model: nn.Module) -> nn.Module:
+    """Keras 2's defaults for Conv2D and Dense, in place: glorot_uniform kernels, zero biases.
+
+    Glorot's bound sqrt(6 / (fan_in + fan_out)) counts the receptive field in both fans, as Keras
+    does (fan_in = in_channels * 3 * 3, fan_out = out_channels * 3 * 3 for a 3x3 conv).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model

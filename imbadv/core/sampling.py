@@ -50,7 +50,7 @@ def sample_split(labels: np.ndarray, config: TrainConfig, num_classes: int) -> S
             raise ConfigError(f"class {k} has {len(pool)} training images, fewer than the {count} asked: "
                               "lower --majority-count / --minority-count")
         chosen = rng.permutation(pool)[:count]
-        n_val = max(1, round(count * config.val_fraction))
+        n_val = max(1, round(count * config.val_fraction)) if config.val_fraction else 0
         if n_val >= count:
             raise ConfigError(f"class {k} keeps {count} images, too few for a validation split of "
                               f"{config.val_fraction}: raise the counts or lower --val-fraction")

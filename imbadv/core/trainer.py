@@ -8,6 +8,7 @@ validation loss) are restored at the end.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -37,7 +38,8 @@ class EpochMetrics:
     lr: float
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in vars(self).items() if k != "epoch"}
+        """The metrics to log; without a validation split, no val_loss or val_acc."""
+        return {k: v for k, v in vars(self).items() if k != "epoch" and not math.isnan(v)}
 
 
 @dataclass
@@ -168,9 +170,12 @@ def _epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], o
         else:
             train_loss, train_acc = group.train_epoch(member)
             _check_finite(train_loss, epoch)
-        val_logits = predict_logits(model, val_images, config.eval_batch_size, config.precision)
-        val_loss = F.cross_entropy(val_logits, val_labels.to(val_logits.device)).item()
-        val_acc = (val_logits.argmax(1) == val_labels.to(val_logits.device)).float().mean().item()
+        if len(val_images):
+            val_logits = predict_logits(model, val_images, config.eval_batch_size, config.precision)
+            val_loss = F.cross_entropy(val_logits, val_labels.to(val_logits.device)).item()
+            val_acc = (val_logits.argmax(1) == val_labels.to(val_logits.device)).float().mean().item()
+        else:  # --val-fraction 0: no hold-out, every epoch runs and the last one's weights are kept
+            val_loss = val_acc = math.nan
         metrics = EpochMetrics(epoch + 1, train_loss, train_acc, val_loss, val_acc, optimizer.param_groups[0]["lr"])
         state.history.append(metrics)
         tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train_loss {train_loss:.4f} "
@@ -178,7 +183,9 @@ def _epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], o
         if on_epoch is not None:
             on_epoch(metrics)
 
-        if val_loss < state.best_loss:
+        if math.isnan(val_loss):
+            state.best_epoch = epoch + 1
+        elif val_loss < state.best_loss:
             state.best_loss, state.best_state, state.since_best = val_loss, copy.deepcopy(model.state_dict()), 0
             state.best_epoch = epoch + 1
         else:

@@ -28,7 +28,7 @@ from imbadv.core.data import DataError, ImageDataset, sha256_file
 from imbadv.core.group import TrainingGroup
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
-from imbadv.core.model import VGG, VGGSpec
+from imbadv.core.model import VGG, VGGSpec, keras_init_
 from imbadv.core.sampling import sample_split
 from imbadv.core.trainer import seed_everything, train
 from imbadv.jobs.shared import SharedWork, current, load_data, onnx_check_key
@@ -129,8 +129,9 @@ def initial_network(config: TrainConfig, num_classes: int) -> VGG:
     """The model before training: its weights drawn from `config.init_seed`."""
     with _INIT_LOCK:
         seed_everything(config.init_seed)
-        return VGG(VGGSpec(num_classes=num_classes, width=config.width, dense_units=config.dense_units,
-                           dropout=config.dropout, batch_norm=config.batch_norm))
+        network = VGG(VGGSpec(num_classes=num_classes, width=config.width, dense_units=config.dense_units,
+                              dropout=config.dropout, batch_norm=config.batch_norm))
+        return keras_init_(network) if config.init == "keras" else network
 
 
 def weights_sha256(network: torch.nn.Module) -> str:
@@ -149,7 +150,8 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     store.call(mlflow.log_text, "\n".join(map(str, split.val.tolist())), names.VAL_INDICES_ARTIFACT)
     counts = np.bincount(dataset.train_labels[split.train], minlength=dataset.num_classes)
     store.call(mlflow.log_params, {"train_images": len(split.train), "val_images": len(split.val),
-                       "val_split": f"stratified {config.val_fraction:g} of each class's sampled images",
+                       "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images"
+                                     if config.val_fraction else "none: no early stopping"),
                        "train_counts": ",".join(map(str, counts.tolist()))})
 
     network = initial_network(config, dataset.num_classes).to(device)

@@ -1,0 +1,69 @@
+"""Keras 2 defaults (the authors' stack): glorot_uniform kernels, zero biases, RMSprop eps 1e-8, and
+training on every sampled image without a hold-out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imbadv.config import ConfigError, resolve_train_config
+from imbadv.core.model import VGG, VGGSpec, keras_init_
+from imbadv.core.sampling import sample_split
+from imbadv.core.trainer import train
+from imbadv.jobs.train import initial_network
+
+SPEC = VGGSpec(num_classes=10, width=16, dense_units=64)
+
+
+def _glorot_bound(layer: nn.Module) -> float:
+    receptive = layer.weight[0, 0].numel() if layer.weight.dim() > 2 else 1
+    fan_in, fan_out = layer.weight.shape[1] * receptive, layer.weight.shape[0] * receptive
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def test_keras_init_draws_glorot_uniform_kernels_and_zero_biases(one_thread):
+    torch.manual_seed(0)
+    model = keras_init_(VGG(SPEC))
+    for layer in _layers(model):
+        bound = _glorot_bound(layer)
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
+        assert torch.count_nonzero(layer.bias) == 0
+    torch.manual_seed(0)
+    ratios = [_glorot_bound(layer) / layer.weight.abs().max().item() for layer in _layers(VGG(SPEC))]
+    assert sum(1.4 <= r <= 2.5 for r in ratios) >= len(ratios) // 2  # torch's default bound is much smaller
+
+
+def test_the_train_job_starts_from_keras_init_unless_asked_for_torchs(one_thread):
+    keras = initial_network(resolve_train_config(preset="smoke"), 10)
+    torch_default = initial_network(resolve_train_config(preset="smoke", init="torch"), 10)
+    assert all(torch.count_nonzero(layer.bias) == 0 for layer in _layers(keras))
+    assert all(torch.count_nonzero(layer.bias) > 0 for layer in _layers(torch_default))
+    assert resolve_train_config().optimizer_eps == 1e-8  # Keras 2.0.0-2.1.2
+    with pytest.raises(ConfigError, match="unknown init"):
+        resolve_train_config(init="he")
+
+
+def test_val_fraction_zero_trains_on_every_sampled_image_for_every_epoch(one_thread):
+    labels = np.repeat(np.arange(10), 30)
+    config = resolve_train_config(preset="smoke", majority_count=20, minority_count=5, sampling="under",
+                                  class_id=3, val_fraction=0, epochs=3, patience=1)
+    split = sample_split(labels, config, 10)
+    assert len(split.val) == 0 and len(split.train) == 9 * 20 + 5
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (len(split.train), 3, 32, 32), dtype=torch.uint8, generator=generator)
+    model = VGG(VGGSpec(num_classes=10, width=4, dense_units=16))
+    logged = []
+    result = train(model, images, torch.from_numpy(labels[split.train]), images[:0], torch.zeros(0, dtype=torch.long),
+                   config, on_epoch=lambda m: logged.append(m.as_dict()))
+    assert len(result.history) == 3 and not result.stopped_early and result.best_epoch == 3
+    assert all("val_loss" not in m and "train_loss" in m for m in logged)
+    with pytest.raises(ConfigError, match="outside"):
+        resolve_train_config(val_fraction=1.0)
