@@ -43,7 +43,7 @@ def _dataloader_training(images: torch.Tensor, labels: torch.Tensor, config: Tra
     model = _model()
     optimizer, scheduler = keras_rmsprop(model.parameters(), config.lr, config.rho, config.optimizer_eps,
                                          config.decay)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.init_seed)  # the trainer's batch order
     dataset = TensorDataset(images.float() / 255.0, labels)
     model.train()
     for _ in range(config.epochs):
