@@ -135,14 +135,17 @@ def report(preset: str = typer.Option(StudyConfig.preset, show_default=False,
            data: str = typer.Option(StudyConfig.data, show_default=False,
                                     help=f"Data source of the study, as for train (default: {StudyConfig.data})."),
            output_dir: str = typer.Option("reports", show_default=False,
-                                          help="Folder for <dataset>-<preset>/ (default: reports).")) -> None:
+                                          help="Folder for <dataset>-<preset>/ (default: reports)."),
+           attack_loss: str = typer.Option(StudyConfig.attack_loss, show_default=False, help=(
+               "Report the evaluations made with this attack loss, logits or keras (default: "
+               f"{StudyConfig.attack_loss}); keras writes to <dataset>-<preset>-keras-loss/."))) -> None:
     """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
     from imbadv.tracking import store
     from imbadv.report.output import run_report
 
     with _one_line_errors():
         store.prepare()
-        run_report(preset, data, output_dir)
+        run_report(preset, data, output_dir, attack_loss)
 
 
 app.command("report")(report)

@@ -20,6 +20,7 @@ AttackName = Literal["fgsm", "ifgsm"]
 Direction = Literal["ascent", "descent"]
 Engine = Literal["shared", "isolated"]
 Init = Literal["keras", "torch"]
+AttackLoss = Literal["logits", "keras"]
 
 
 # The largest share of test images on which onnxruntime may disagree with PyTorch before an ONNX
@@ -198,6 +199,10 @@ class AttackConfig:
         "Step of each ifgsm iteration (default: eps / steps)."))
     target_label: int | None = field(default=None, metadata=_help(
         "Label whose loss the attack follows instead of the true label (descent: targeted)."))
+    attack_loss: AttackLoss = field(default="logits", metadata=_help(
+        "The loss whose gradient the attack follows: 'logits' (cross-entropy on the logits) or 'keras' "
+        "(Keras 2's categorical_crossentropy on softmax outputs clipped to [1e-7, 1 - 1e-7], so the gradient "
+        "is exactly zero on images the model is that sure of: how the authors' Keras may have computed it)."))
 
     def __post_init__(self) -> None:
         if self.attack not in get_args(AttackName):
@@ -210,6 +215,8 @@ class AttackConfig:
             raise ConfigError(f"steps {self.steps} is below 1: pass --steps 1 or more")
         if self.step_size is not None and self.step_size <= 0:
             raise ConfigError(f"step size {self.step_size} is not positive: pass e.g. --step-size 0.002")
+        if self.attack_loss not in get_args(AttackLoss):
+            raise ConfigError(f"unknown attack loss {self.attack_loss!r}: use logits or keras")
         if self.target_label is not None and self.target_label < 0:
             raise ConfigError(f"target label {self.target_label} is negative: pass a label from 0 to classes-1")
 
@@ -275,6 +282,9 @@ class StudyConfig:
     force: bool = field(default=False, metadata={"help": "Rerun steps even when a finished run matches."})
     shared_init: bool = field(default=False, metadata={"help": (
         "Start all models of a seed from the same weights and batch order, as train's --shared-init.")})
+    attack_loss: AttackLoss = field(default=AttackConfig.attack_loss, metadata={"help": (
+        "The evaluations' attack loss, as evaluate's --attack-loss (logits or keras); the trainings are "
+        "the same either way, so a second study with the other loss reuses them.")})
     engine: Engine = field(default="shared", metadata={"help": (
         "'shared': long-lived workers that load data and models once and share each target's clean pass, "
         "ONNX check and the black-box adversarial sets between its evaluations (same results); 'isolated': "
@@ -288,6 +298,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_preset(self.preset)
+        if self.attack_loss not in get_args(AttackLoss):
+            raise ConfigError(f"unknown attack loss {self.attack_loss!r}: use logits or keras")
         if self.group_trainings < 0:
             raise ConfigError(f"group trainings {self.group_trainings} is negative: pass 0 (auto), 1 or more")
         if self.group_trainings > 1 and self.engine != "shared":

@@ -384,3 +384,37 @@ def test_iteration_step_defaults_to_eps_over_steps():
     assert AttackConfig(eps=0.03, steps=10).iteration_step == pytest.approx(0.003)
     assert AttackConfig(eps=0.03, steps=10, step_size=0.01).iteration_step == 0.01
     assert AttackConfig().eps == 0.01  # the paper's budget (section 3.2)
+
+
+def test_keras_loss_leaves_an_image_the_model_is_sure_of_unperturbed_and_follows_the_logits_loss_elsewhere():
+    from imbadv.config import AttackConfig
+    from imbadv.core.attacks import fgsm, keras_crossentropy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+    images = torch.rand(2, 3, 4, 4)
+    with torch.no_grad():
+        model[1].weight.uniform_(-0.01, 0.01)
+        model[1].bias.zero_()
+        model[1].weight[0] = 20.0 / images[0].sum()  # class 0 leads by about 20 logits: p(0) > 1 - 1e-7
+    assert torch.softmax(model(images), 1)[:, 0].min() > 1 - 1e-7
+    labels = torch.tensor([0, 0])
+    keras, logits = AttackConfig(attack_loss="keras"), AttackConfig()
+    assert torch.equal(fgsm(model, images, labels, keras), images)  # the clipped loss has zero gradient here
+    assert not torch.equal(fgsm(model, images, labels, logits), images)
+
+    unsure = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+    out = unsure(images)
+    assert keras_crossentropy(out, labels).item() == pytest.approx(torch.nn.functional.cross_entropy(out, labels).item(),
+                                                                   rel=1e-5)
+    assert torch.equal(fgsm(unsure, images, labels, keras), fgsm(unsure, images, labels, logits))
+
+
+def test_a_keras_loss_study_attacks_with_it_and_reuses_the_same_trainings():
+    from imbadv.config import StudyConfig
+    from imbadv.study.plan import plan
+
+    keras = plan(StudyConfig(preset="smoke", classes="3", attack_loss="keras"), 10, "d", "c")
+    logits = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", "c")
+    assert {dict(s.options)["attack_loss"] for s in keras if s.entry == "evaluate"} == {"keras"}
+    assert [s.key for s in keras if s.entry == "train"] == [s.key for s in logits if s.entry == "train"]

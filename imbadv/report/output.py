@@ -190,18 +190,22 @@ def attach_to_study(results: StudyResults, folder: Path) -> None:
         store.call(MlflowClient().log_artifacts, results.study_run_id, str(folder), "report")
 
 
-def run_report(preset: str, data: str, output_dir: str) -> Path:
-    """Read the finished runs of a study and write its report to `<output_dir>/<dataset>-<preset>/`."""
+def run_report(preset: str, data: str, output_dir: str, attack_loss: str = "logits") -> Path:
+    """Read the finished runs of a study and write its report to `<output_dir>/<dataset>-<preset>/`
+    (`...-keras-loss/` for the evaluations made with Keras' loss)."""
     from imbadv.config import ConfigError
     from imbadv.core.data import dataset_name
     from imbadv.tracking.results import load_results
 
     dataset = dataset_name(data)
-    results = load_results(dataset, preset)
+    if attack_loss not in ("logits", "keras"):
+        raise ConfigError(f"unknown attack loss {attack_loss!r}: use logits or keras")
+    results = load_results(dataset, preset, attack_loss=attack_loss)
+    option = "" if attack_loss == "logits" else f" --attack-loss {attack_loss}"
     if not results.evaluations:
-        raise ConfigError(f"no finished evaluations of {dataset} with preset {preset} in this tracking store: "
-                          f"run `imbadv reproduce --preset {preset} --data {data}` first")
-    folder = Path(output_dir) / f"{dataset}-{preset}"
+        raise ConfigError(f"no finished evaluations of {dataset} with preset {preset}{option} in this tracking "
+                          f"store: run `imbadv reproduce --preset {preset} --data {data}{option}` first")
+    folder = Path(output_dir) / (f"{dataset}-{preset}" + ("" if attack_loss == "logits" else "-keras-loss"))
     write_report(results, folder)
     attach_to_study(results, folder)
     print(f"report written to {folder}/report.html")

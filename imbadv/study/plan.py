@@ -52,7 +52,8 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     for seed in range(config.seeds):
         for eps in config.eps_values:
             attack = {**base, "seed": seed, "eps": eps,
-                      "attack": AttackConfig.attack, "direction": AttackConfig.direction}
+                      "attack": AttackConfig.attack, "direction": AttackConfig.direction,
+                      **({"attack_loss": config.attack_loss} if config.attack_loss != AttackConfig.attack_loss else {})}
             specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
             for c in classes:
                 for sampling in ("under", "over"):

@@ -63,11 +63,11 @@ class StudyResults:
         return None
 
 
-def _evaluation(run: Run) -> Evaluation | None:
+def _evaluation(run: Run, attack_loss: str = "logits") -> Evaluation | None:
     p = run.data.params
     source = p.get(P + "source", "")
     if source not in ("self", "balanced") or p.get(P + "attack") != "fgsm" or p.get(P + "direction") != "ascent" \
-            or p.get(P + "target_label", "") != "":
+            or p.get(P + "target_label", "") != "" or p.get(P + "attack_loss", "logits") != attack_loss:
         return None
     return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]),
                       sampling=p[P + "sampling"], class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
@@ -76,8 +76,8 @@ def _evaluation(run: Run) -> Evaluation | None:
                       source_version=run.data.tags.get(names.TAG_SOURCE, ""))
 
 
-def load_results(dataset: str, preset: str, with_confusions: bool = True) -> StudyResults:
-    """The newest finished evaluation of each study cell for `dataset` and `preset`."""
+def load_results(dataset: str, preset: str, with_confusions: bool = True, attack_loss: str = "logits") -> StudyResults:
+    """The newest finished evaluation of each study cell for `dataset` and `preset`, made with `attack_loss`."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
@@ -86,7 +86,7 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True) -> Stu
                        f"tags.`{names.TAG_DATASET}` = '{dataset}' and params.`{P}preset` = '{preset}'"))
     newest: dict[tuple, Evaluation] = {}
     for run in runs:
-        evaluation = _evaluation(run)
+        evaluation = _evaluation(run, attack_loss)
         if evaluation is None:
             continue
         key = (evaluation.seed, evaluation.eps, evaluation.sampling, evaluation.class_id, evaluation.source)
