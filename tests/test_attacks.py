@@ -405,8 +405,7 @@ def test_keras_loss_leaves_an_image_the_model_is_sure_of_unperturbed_and_follows
 
     unsure = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
     out = unsure(images)
-    assert keras_crossentropy(out, labels).item() == pytest.approx(torch.nn.functional.cross_entropy(out, labels).item(),
-                                                                   rel=1e-5)
+    assert keras_crossentropy(out, labels).item() == pytest.approx(F.cross_entropy(out, labels).item(), rel=1e-5)
     assert torch.equal(fgsm(unsure, images, labels, keras), fgsm(unsure, images, labels, logits))
 
 
