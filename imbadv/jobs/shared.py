@@ -77,10 +77,6 @@ class SharedWork:
 _PROCESS: SharedWork | None = None
 
 
-def process_shared() -> SharedWork | None:
-    return _PROCESS
-
-
 def share_in_this_process() -> SharedWork:
     """Make this process's jobs share their work (a study worker calls this once)."""
     global _PROCESS

@@ -56,17 +56,22 @@ def discard_unfinished(experiment_id: str, step: Step) -> None:
             store.call(client.delete_run, run.info.run_id)
 
 
-def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
-              log_dir: str, threads: int, engine: str = "isolated") -> str:
-    """Worker: run one step in this process, output to a log file; returns the step's run id."""
+def _step_environment(experiment_id: str, threads: int) -> None:
+    """Worker: steps log under the study's experiment, with the study's share of the cores."""
     import torch
-
-    from imbadv.jobs.evaluate import run_evaluate
-    from imbadv.jobs.train import run_train
 
     os.environ.pop("MLFLOW_RUN_ID", None)  # the study's own run, when started by `mlflow run`
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id  # steps go where their parent is
     torch.set_num_threads(threads)
+
+
+def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
+              log_dir: str, threads: int, engine: str = "isolated") -> str:
+    """Worker: run one step in this process, output to a log file; returns the step's run id."""
+    from imbadv.jobs.evaluate import run_evaluate
+    from imbadv.jobs.train import run_train
+
+    _step_environment(experiment_id, threads)
     log_path = Path(log_dir) / f"{step.key}.log"
     with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
             lifecycle.step_tags(parent_run_id, step.key, {names.TAG_ENGINE: engine}):
@@ -78,14 +83,10 @@ def _run_training_group(steps: list[Step], parent_run_id: str, experiment_id: st
                         log_dir: str, threads: int) -> list[tuple[str, str | None, str | None]]:
     """Shared-engine worker: trainings side by side (`imbadv.core.group`), each its own run in its own
     thread; (key, run id, error) each. They log to one file, linked under every step's key."""
-    import torch
-
     from imbadv.core.group import TrainingGroup
     from imbadv.jobs.train import run_train
 
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
-    torch.set_num_threads(threads)
+    _step_environment(experiment_id, threads)
     group = TrainingGroup(len(steps))
     results: list[tuple[str, str | None, str | None]] = [(s.key, None, "did not run") for s in steps]
 
