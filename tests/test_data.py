@@ -94,3 +94,31 @@ def test_truncated_archive_is_refused_and_leaves_no_unpacked_folder(shared_archi
     with pytest.raises(DataError, match=r"is corrupted or not a \.tar\.gz"):
         load_dataset(str(truncated), tmp_path / "cache")
     assert list((tmp_path / "cache" / "extracted").iterdir()) == []
+
+
+def test_a_cold_cache_is_filled_by_one_process_while_the_others_wait(small_data, tmp_path):
+    """A study's parent and workers load the same archive at once: the second waits for the first's
+    cache file instead of unpacking beside it (two unpacks raced on the rename)."""
+    import subprocess
+    import sys
+    import time
+
+    import filelock
+
+    from imbadv.core.data import decode_lock, sha256_file
+
+    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", small_data.parent, small_data.name)
+    cache = tmp_path / "cache"
+    loader = ("import sys; from imbadv.core.data import load_dataset; print('started', flush=True); "
+              "print(load_dataset(sys.argv[1], sys.argv[2]).digest)")
+    with filelock.FileLock(decode_lock(cache, f"archive-{sha256_file(archive)}")):  # another process decoding
+        process = subprocess.Popen([sys.executable, "-c", loader, archive, str(cache)], stdout=subprocess.PIPE,
+                                   text=True)
+        assert process.stdout.readline().strip() == "started"
+        time.sleep(1.0)
+        assert process.poll() is None  # waiting on the lock
+        assert not (cache / "extracted").exists()  # and not unpacking meanwhile
+    digest = process.stdout.read().strip()
+    assert process.wait(timeout=120) == 0
+    assert digest == load_dataset(archive, cache).digest
+    assert len(list((cache / "extracted").iterdir())) == 1

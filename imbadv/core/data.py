@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -104,13 +105,11 @@ Decoded = tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def _cached(cache: Path, key: str, source: str, decode) -> ImageDataset:
     path = cache / "arrays" / CACHE_FORMAT / f"{key}.npz"
     if not path.exists():
-        class_names, train_x, train_y, test_x, test_y = decode()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as tmp:
-            np.savez(tmp, class_names=np.array(class_names), train_images=train_x,
-                     train_labels=train_y, test_images=test_x, test_labels=test_y,
-                     digest=np.array(arrays_digest(class_names, train_x, train_y, test_x, test_y)))
-        os.replace(tmp.name, path)  # atomic: a killed decode leaves no half-written cache
+        # one process decodes (and unpacks); the others of a study wait for its file instead of racing it
+        with filelock.FileLock(decode_lock(cache, key)):
+            if not path.exists():
+                _decode_to(path, decode)
     with np.load(path, allow_pickle=False) as arrays:
         return ImageDataset(
             name=dataset_name(source), source=source,
@@ -118,6 +117,22 @@ def _cached(cache: Path, key: str, source: str, decode) -> ImageDataset:
             train_images=arrays["train_images"], train_labels=arrays["train_labels"],
             test_images=arrays["test_images"], test_labels=arrays["test_labels"],
             digest=str(arrays["digest"]))
+
+
+def decode_lock(cache: Path, key: str) -> Path:
+    """The lock a process holds while it fills the array cache entry `key`."""
+    folder = cache / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"data-{key}.lock"
+
+
+def _decode_to(path: Path, decode) -> None:
+    class_names, train_x, train_y, test_x, test_y = decode()
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as tmp:
+        np.savez(tmp, class_names=np.array(class_names), train_images=train_x,
+                 train_labels=train_y, test_images=test_x, test_labels=test_y,
+                 digest=np.array(arrays_digest(class_names, train_x, train_y, test_x, test_y)))
+    os.replace(tmp.name, path)  # atomic: a killed decode leaves no half-written cache
 
 
 def _decode_torchvision(cache: Path) -> Decoded:
