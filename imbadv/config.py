@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -21,6 +22,8 @@ Direction = Literal["ascent", "descent"]
 Engine = Literal["shared", "isolated"]
 Init = Literal["keras", "torch"]
 AttackLoss = Literal["logits", "keras"]
+Stopping = Literal["train-loss", "val-loss"]
+Augment = Literal["none", "keras", "crop"]
 
 
 # The largest share of test images on which onnxruntime may disagree with PyTorch before an ONNX
@@ -118,16 +121,22 @@ class TrainConfig(ModelSelection):
     minority_count: int = field(default=1000, metadata=_help(
         "Training images kept per minority class (section 3.1: 1,000)."))
     val_fraction: float = field(default=0.1, metadata=_help(
-        "Share of each class's sampled images held out for early stopping (not in the paper): at 0.1 a "
-        "5,000-image class trains on 4,500 and a 1,000-image class on 900. 0: nothing held out, no early "
-        "stopping, every sampled image trains for --epochs."))
+        "Share of each class's sampled images held out, for the validation metrics and --stopping val-loss "
+        "(not in the paper): at 0.1 a 5,000-image class trains on 4,500 and a 1,000-image class on 900. 0: "
+        "nothing held out, every sampled image trains."))
     width: int = field(default=64, metadata=_help(
         "Filters of the first block; blocks use width, 2*width, 4*width (VGG: 64)."))
     dense_units: int = field(default=512, metadata=_help("Units of the dense layer (section 3.1: 512)."))
     dropout: float = field(default=0.0, metadata=_help("Dropout before the dense layers (not in the paper)."))
+    block_dropout: float = field(default=0.0, metadata=_help(
+        "Dropout after each pooled conv block (not in the paper; the Keras CIFAR-10 example: 0.25)."))
+    dense_dropout: float = field(default=0.0, metadata=_help(
+        "Dropout after the dense layer only (not in the paper; the Keras CIFAR-10 example: 0.5)."))
     batch_norm: bool = field(default=False, metadata=_help("Batch-norm after each conv (not in the paper)."))
-    augment: bool = field(default=False, metadata=_help(
-        "Random crop (pad 4) and horizontal flip on the device (not in the paper)."))
+    augment: Augment = field(default="none", metadata=_help(
+        "Training-image augmentation on the device (not in the paper): 'none', 'keras' (the Keras CIFAR-10 "
+        "example's random shifts of up to 10% with nearest fill and horizontal flips) or 'crop' (pad 4, "
+        "random crop, horizontal flip)."))
     batch_size: int = field(default=32, metadata=_help("Training batch (not in the paper; Keras' default 32)."))
     lr: float = field(default=1e-4, metadata=_help("RMSprop learning rate (section 3.1: 1e-4)."))
     rho: float = field(default=0.9, metadata=_help("RMSprop decay of the squared-gradient average (Keras: 0.9)."))
@@ -141,9 +150,18 @@ class TrainConfig(ModelSelection):
         "authors' stack) or 'torch' (torch's kaiming_uniform(a=sqrt(5)) and uniform biases; imbadv before "
         "December 2026)."))
     epochs: int = field(default=100, metadata=_help(
-        "Cap on epochs; training stops earlier when validation loss stops improving."))
+        "Cap on epochs; training stops earlier by the --stopping rule."))
+    stopping: Stopping = field(default="train-loss", metadata=_help(
+        "When a model has trained enough. 'train-loss' (the paper's 'until convergence', section 3.1): "
+        "stop once the training loss has not fallen by more than --min-delta for --patience epochs, and keep "
+        "the last weights. 'val-loss' (imbadv before December 2026): stop once the held-out loss has not "
+        "fallen for --patience epochs, and keep the weights of its lowest epoch (with --val-fraction 0: every "
+        "epoch runs)."))
     patience: int = field(default=5, metadata=_help(
-        "Epochs without a better validation loss before stopping (paper: 'until convergence')."))
+        "Epochs without a better monitored loss (see --stopping) before stopping."))
+    min_delta: float = field(default=1e-3, metadata=_help(
+        "Smallest fall of the training loss that counts as progress under --stopping train-loss "
+        "(as Keras' EarlyStopping min_delta)."))
     precision: Precision = field(default="fp32", metadata=_help(
         "'fp32', or 'bf16' autocast (faster on AMX CPUs and GPUs; changes numerics)."))
     channels_last: bool = field(default=False, metadata=_help(
@@ -164,10 +182,18 @@ class TrainConfig(ModelSelection):
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val fraction {self.val_fraction} is outside [0, 1): pass e.g. --val-fraction 0.1, "
                               "or 0 to train on every sampled image")
+        if self.stopping not in get_args(Stopping):
+            raise ConfigError(f"unknown stopping rule {self.stopping!r}: use train-loss or val-loss")
+        if self.min_delta < 0:
+            raise ConfigError(f"min delta {self.min_delta} is negative: pass e.g. --min-delta 0.001")
         if self.init not in get_args(Init):
             raise ConfigError(f"unknown init {self.init!r}: use keras or torch")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout {self.dropout} is outside [0, 1): pass e.g. --dropout 0.5")
+        for name in ("dropout", "block_dropout", "dense_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name.replace('_', '-')} {getattr(self, name)} is outside [0, 1): pass e.g. "
+                                  f"--{name.replace('_', '-')} 0.5")
+        if self.augment not in get_args(Augment):
+            raise ConfigError(f"unknown augmentation {self.augment!r}: use none, keras or crop")
         if self.lr <= 0 or self.decay < 0:
             raise ConfigError("lr must be > 0 and decay >= 0: pass e.g. --lr 1e-4 --decay 1e-5")
         if self.precision not in get_args(Precision):
@@ -285,6 +311,10 @@ class StudyConfig:
     attack_loss: AttackLoss = field(default=AttackConfig.attack_loss, metadata={"help": (
         "The evaluations' attack loss, as evaluate's --attack-loss (logits or keras); the trainings are "
         "the same either way, so a second study with the other loss reuses them.")})
+    train_options: str = field(default="", metadata={"help": (
+        "Training options set on every model of the study, comma-separated KEY=VALUE as train's options "
+        "(e.g. init=torch,stopping=val-loss), for ablations; part of the study's identity, so each set of "
+        "options is a study of its own.")})
     engine: Engine = field(default="shared", metadata={"help": (
         "'shared': long-lived workers that load data and models once and share each target's clean pass, "
         "ONNX check and the black-box adversarial sets between its evaluations (same results); 'isolated': "
@@ -308,6 +338,7 @@ class StudyConfig:
         if self.group_trainings > 1 and not groupable(self.preset):
             raise ConfigError(f"preset {self.preset} uses torch.compile or augmentation, which a training group "
                               "does not run: pass --group-trainings 1 or a preset without them (paper-group)")
+        resolve_train_config(preset=self.preset, **self.training_overrides)  # a bad value stops the study here
         if self.engine not in get_args(Engine):
             raise ConfigError(f"unknown engine {self.engine!r}: use shared or isolated")
         if self.seeds < 1 or self.jobs < 1:
@@ -315,6 +346,11 @@ class StudyConfig:
         for value in self.eps_values:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
+
+    @property
+    def training_overrides(self) -> dict[str, Any]:
+        """`train_options` as typed TrainConfig values: {} when empty."""
+        return parse_train_options(self.train_options)
 
     @property
     def eps_values(self) -> tuple[float, ...]:
@@ -342,6 +378,39 @@ class StudyConfig:
         return ids
 
 
+# What a study sets itself for each training, so --train-options may not.
+STUDY_TRAINING_FIELDS = ("sampling", "class_id", "seed", "preset", "data", "cache_dir", "device", "shared_init")
+
+
+def parse_train_options(text: str) -> dict[str, Any]:
+    """'init=torch,epochs=12' -> {'init': 'torch', 'epochs': 12}, each value typed as its TrainConfig field."""
+    hints = typing.get_type_hints(TrainConfig)
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints or key in STUDY_TRAINING_FIELDS:
+            allowed = sorted(set(hints) - set(STUDY_TRAINING_FIELDS))
+            raise ConfigError(f"train option {item!r} is not KEY=VALUE with a train option as KEY: use one of "
+                              f"{', '.join(allowed)}, e.g. --train-options init=torch,epochs=12")
+        options[key] = _typed(hints[key], value.strip(), key)
+    return options
+
+
+def _typed(hint: Any, value: str, key: str) -> Any:
+    kind = next((t for t in (bool, int, float) if hint is t or t in get_args(hint)), str)
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"train option {key}={value} is not true or false: pass {key}=true or {key}=false")
+        return value.lower() in ("true", "1")
+    try:
+        return kind(value)
+    except ValueError:
+        article = "an" if kind is int else "a"
+        raise ConfigError(f"train option {key}={value} is not {article} {kind.__name__}: pass e.g. "
+                          f"{key}={getattr(TrainConfig, key)}") from None
+
+
 def _positive(config: object, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
@@ -362,6 +431,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-fast": {"precision": "bf16", "torch_compile": True, "channels_last": True},
     # paper-fast without torch.compile: what a training group (--group-trainings) runs on a GPU.
     "paper-group": {"precision": "bf16", "channels_last": True},
+    # The paper's model and schedule with the regularisation of the Keras CIFAR-10 example whose
+    # RMSprop and lr the paper uses: random shifts and flips, dropout 0.25 after each pooled block
+    # and 0.5 after the dense layer; early stopping on the held-out loss, which augmentation keeps
+    # from levelling off as early as the training loss would.
+    "paper-aug": {"augment": "keras", "block_dropout": 0.25, "dense_dropout": 0.5, "stopping": "val-loss",
+                  "patience": 10},
+    # paper-aug with paper-fast's GPU fast paths.
+    "paper-aug-fast": {"augment": "keras", "block_dropout": 0.25, "dense_dropout": 0.5, "stopping": "val-loss",
+                       "patience": 10, "precision": "bf16", "torch_compile": True, "channels_last": True},
     # Seconds: tiny width, a few hundred training images; evaluation still uses the whole test set.
     "smoke": {"width": 8, "dense_units": 64, "majority_count": 100, "minority_count": 20,
               "batch_size": 8, "lr": 1e-3, "epochs": 2, "patience": 2},
@@ -370,7 +448,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def groupable(preset: str) -> bool:
     """Whether a preset's trainings can run in a training group (no torch.compile, no augmentation)."""
-    return not (PRESETS.get(preset, {}).get("torch_compile") or PRESETS.get(preset, {}).get("augment"))
+    values = PRESETS.get(preset, {})
+    return not values.get("torch_compile") and values.get("augment", "none") == "none"
 
 
 def check_preset(preset: str) -> None:

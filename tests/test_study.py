@@ -45,6 +45,27 @@ def test_bad_study_options(options, message):
         plan(StudyConfig(**options), 10, "d", "c")
 
 
+def test_train_options_reach_every_training_of_the_study_and_only_the_trainings():
+    """An ablation study: one changed training option, the same evaluations, a study of its own."""
+    config = StudyConfig(preset="smoke", classes="3", train_options="init=torch, stopping=val-loss,epochs=3")
+    steps = plan(config, 10, "d", "c")
+    trainings = [dict(s.options) for s in steps if s.entry == "train"]
+    assert len(trainings) == 3 and all(t["init"] == "torch" and t["stopping"] == "val-loss" and t["epochs"] == 3
+                                       for t in trainings)
+    assert all("init" not in dict(s.options) for s in steps if s.entry == "evaluate")
+    default_keys = {s.key for s in plan(StudyConfig(preset="smoke", classes="3"), 10, "d", "c")}
+    assert default_keys.isdisjoint(s.key for s in steps if s.entry == "train")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("init", "not KEY=VALUE"), ("colour=red", "not KEY=VALUE with a train option"),
+    ("seed=3", "not KEY=VALUE with a train option"), ("epochs=many", "epochs=many is not an int"),
+    ("channels_last=maybe", "is not true or false"), ("init=he", "unknown init 'he'")])
+def test_bad_train_options_stop_the_study_before_it_starts(options, message):
+    with pytest.raises(ConfigError, match=message):
+        StudyConfig(preset="smoke", train_options=options)
+
+
 STEPS = 14  # --classes 3,5: 5 trainings and 9 evaluations
 MODELS = ("balanced", "under-c3", "over-c3", "under-c5", "over-c5")
 

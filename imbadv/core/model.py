@@ -26,7 +26,9 @@ class VGGSpec:
     num_classes: int = 10
     width: int = 64
     dense_units: int = 512
-    dropout: float = 0.0
+    dropout: float = 0.0  # before and after the dense layer
+    block_dropout: float = 0.0  # after each pooled block
+    dense_dropout: float = 0.0  # after the dense layer only
     batch_norm: bool = False
     mean: tuple[float, float, float] = CIFAR10_MEAN
     std: tuple[float, float, float] = CIFAR10_STD
@@ -71,6 +73,8 @@ class VGG(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
                 in_channels = out_channels
             layers.append(nn.MaxPool2d(2))
+            if spec.block_dropout:  # only then: a model without it keeps its layers' indices
+                layers.append(nn.Dropout(spec.block_dropout))
         self.features = nn.Sequential(*layers)
         side = IMAGE_SIZE // 2 ** len(BLOCK_LAYERS)
         self.classifier = nn.Sequential(
@@ -78,7 +82,7 @@ class VGG(nn.Module):
             nn.Dropout(spec.dropout),
             nn.Linear(in_channels * side * side, spec.dense_units),
             nn.ReLU(inplace=True),
-            nn.Dropout(spec.dropout),
+            nn.Dropout(1 - (1 - spec.dropout) * (1 - spec.dense_dropout)),  # both: one layer keeping the product
             nn.Linear(spec.dense_units, spec.num_classes),
         )
 

@@ -1,8 +1,9 @@
-"""The training loop: RMSprop until the validation loss stops improving (section 3.1).
+"""The training loop: RMSprop "until convergence" (section 3.1).
 
 Images live on the compute device as one uint8 tensor and batches are indexed there; losses and
-accuracies accumulate on the device and are read once per epoch. The best weights (lowest
-validation loss) are restored at the end.
+accuracies accumulate on the device and are read once per epoch. `stopping="train-loss"` ends when
+the training loss levels off and keeps the last weights; `"val-loss"` ends when the held-out loss
+stops falling and restores the weights of its lowest epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imbadv.config import TrainConfig
+from imbadv.core.augment import draw_epoch, shift_and_flip
 from imbadv.core.group import Member, TrainingGroup
 from imbadv.core.inference import autocast, predict_logits, set_layout, to_unit
 from imbadv.core.optim import keras_rmsprop
@@ -54,18 +56,6 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding and horizontal flip, on the images' device."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (4, 4, 4, 4))
-    dx = torch.randint(0, 9, (n,), generator=generator, device="cpu").tolist()
-    dy = torch.randint(0, 9, (n,), generator=generator, device="cpu").tolist()
-    crops = torch.stack([padded[i, :, y:y + h, x:x + w] for i, (x, y) in enumerate(zip(dx, dy, strict=True))])
-    flip = torch.rand(n, generator=generator, device="cpu") < 0.5
-    crops[flip.to(crops.device)] = crops[flip.to(crops.device)].flip(-1)
-    return crops
-
-
 @dataclass
 class TrainState:
     """Where a training stands after an epoch: early-stopping bookkeeping and every stateful part.
@@ -81,9 +71,9 @@ class TrainState:
     generator: torch.Tensor
     torch_rng: torch.Tensor
     epochs_done: int = 0
-    best_loss: float = float("inf")
+    best_loss: float = float("inf")  # the lowest monitored loss so far (training or validation)
     since_best: int = 0
-    best_state: dict | None = None  # the weights of the lowest validation loss so far
+    best_state: dict | None = None  # the weights of the lowest validation loss so far (val-loss rule)
     best_epoch: int = -1
     stopped_early: bool = False
     history: list[EpochMetrics] = field(default_factory=list)
@@ -117,8 +107,9 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
           group: TrainingGroup | None = None) -> TrainResult:
     """Train `model` in place on uint8 images (N, 3, 32, 32) already on its device.
 
-    Stops after `config.patience` epochs without a lower validation loss or at `config.epochs`,
-    and leaves the model holding the best epoch's weights. After every epoch `on_checkpoint` gets
+    Stops by `config.stopping` (after `config.patience` epochs without a lower training loss, or
+    validation loss) or at `config.epochs`; under the validation rule the model ends with the
+    weights of its lowest validation loss. After every epoch `on_checkpoint` gets
     the whole training state (`TrainState.to_dict`); `resume_from` continues from such a state,
     giving the same weights as an uninterrupted run. With `config.channels_last` the steps run in
     that layout; the model is returned in the default layout either way. With `group`, the training
@@ -135,7 +126,7 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
     else:
         state = TrainState(model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
                            torch.get_rng_state())
-    if group is not None and (config.torch_compile or config.augment):
+    if group is not None and (config.torch_compile or config.augment != "none"):
         raise ValueError("a training group runs neither torch.compile nor augmentation: train this model alone")
     forward = torch.compile(model) if config.torch_compile else model  # shares the model's parameters
     member = Member(model, optimizer, scheduler, generator, train_images, train_labels, config)
@@ -183,7 +174,14 @@ def _epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], o
         if on_epoch is not None:
             on_epoch(metrics)
 
-        if math.isnan(val_loss):
+        if config.stopping == "train-loss":  # converged: no fall of more than min_delta for `patience` epochs
+            if train_loss < state.best_loss - config.min_delta:
+                state.best_loss, state.since_best = train_loss, 0
+            else:
+                state.since_best += 1
+                state.stopped_early = state.since_best >= config.patience
+            state.best_epoch = epoch + 1  # the last weights are the converged model
+        elif math.isnan(val_loss):
             state.best_epoch = epoch + 1
         elif val_loss < state.best_loss:
             state.best_loss, state.best_state, state.since_best = val_loss, copy.deepcopy(model.state_dict()), 0
@@ -207,6 +205,8 @@ def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     model.train()
     steps = (len(train_images) + config.batch_size - 1) // config.batch_size
     order = torch.randperm(len(train_images), generator=generator).to(device)
+    draws = (None if config.augment == "none" else
+             draw_epoch(config.augment, len(train_images), train_images.shape[-1], generator, device))
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
@@ -214,8 +214,9 @@ def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     for step in bar:
         index = order[step * config.batch_size:(step + 1) * config.batch_size]
         images, labels = to_unit(train_images[index]), train_labels[index]
-        if config.augment:
-            images = _augment(images, generator)
+        if draws is not None:  # this batch's positions in the epoch's draws
+            images = shift_and_flip(images, draws.batch(slice(step * config.batch_size,
+                                                              (step + 1) * config.batch_size)))
         with autocast(device, config.precision):
             logits = forward(images)
             loss = F.cross_entropy(logits.float(), labels)

@@ -130,7 +130,8 @@ def initial_network(config: TrainConfig, num_classes: int) -> VGG:
     with _INIT_LOCK:
         seed_everything(config.init_seed)
         network = VGG(VGGSpec(num_classes=num_classes, width=config.width, dense_units=config.dense_units,
-                              dropout=config.dropout, batch_norm=config.batch_norm))
+                              dropout=config.dropout, block_dropout=config.block_dropout,
+                              dense_dropout=config.dense_dropout, batch_norm=config.batch_norm))
         return keras_init_(network) if config.init == "keras" else network
 
 
@@ -151,7 +152,7 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     counts = np.bincount(dataset.train_labels[split.train], minlength=dataset.num_classes)
     store.call(mlflow.log_params, {"train_images": len(split.train), "val_images": len(split.val),
                        "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images"
-                                     if config.val_fraction else "none: no early stopping"),
+                                     if config.val_fraction else "none"),
                        "train_counts": ",".join(map(str, counts.tolist()))})
 
     network = initial_network(config, dataset.num_classes).to(device)

@@ -42,7 +42,7 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     """Trainings (balanced, under c, over c per seed), then evaluations (per seed and eps)."""
     classes = config.class_ids(num_classes)
     base = {"preset": config.preset, "data": config.data}
-    training = {**base, **({"shared_init": True} if config.shared_init else {})}
+    training = {**base, **config.training_overrides, **({"shared_init": True} if config.shared_init else {})}
     specs: list[tuple[str, dict[str, Any]]] = []
     for seed in range(config.seeds):
         specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))
