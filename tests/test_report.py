@@ -17,28 +17,35 @@ CAT, DOG = 3, 5
 
 
 def evaluation(seed, sampling, class_id, source, adv: dict[int, float], clean: float = 0.8,
-               cat_dog: tuple[int, int] = (30, 30)) -> Evaluation:
-    metrics = {}
+               cat_dog: tuple[int, int] = (30, 30), clean_cat_dog: tuple[int, int] = (10, 10)) -> Evaluation:
+    metrics = {"clean_acc": clean}
     for k in range(10):
         metrics[f"adv_acc_c{k}"] = adv.get(k, 0.5)
         metrics[f"clean_acc_c{k}"] = clean
         metrics[f"rel_drop_c{k}"] = (clean - metrics[f"adv_acc_c{k}"]) / clean
-    adversarial = np.full((10, 10), 10)
+        metrics[f"success_rate_c{k}"] = metrics[f"rel_drop_c{k}"]  # every image wrong after was right before
+    adversarial, clean_matrix = np.full((10, 10), 10), np.full((10, 10), 10)
     adversarial[CAT, DOG], adversarial[DOG, CAT] = cat_dog
+    clean_matrix[CAT, DOG], clean_matrix[DOG, CAT] = clean_cat_dog
     return Evaluation(f"run-{seed}-{sampling}-{class_id}-{source}", seed, 0.01, sampling, class_id, source, metrics,
-                      {"clean": np.full((10, 10), 10), "adversarial": adversarial})
+                      {"clean": clean_matrix, "adversarial": adversarial})
 
 
-def study(per_seed: list[dict[str, float]], under_cat_dog=(40, 30), under_dog_cat=(30, 20)) -> StudyResults:
-    """Every cell of a column equal to that seed's value for the column."""
+def study(per_seed: list[dict[str, float]], under_cat_dog=(40, 30), under_dog_cat=(30, 20),
+          clean_under_cat_dog=(30, 10), clean_under_dog_cat=(10, 40)) -> StudyResults:
+    """Every cell of a column equal to that seed's value for the column; the cat and dog models' cat->dog
+    and dog->cat counts (attacked, clean) as given."""
     evaluations = []
     for seed, values in enumerate(per_seed):
         balanced = {k: values["whitebox_balanced"] for k in range(10)}
         evaluations.append(evaluation(seed, "balanced", None, "self", balanced))
         for c in range(10):
             for column, sampling, source in COLUMNS[:2] + COLUMNS[3:]:
-                cat_dog = {CAT: under_cat_dog, DOG: under_dog_cat}.get(c, (30, 30)) if sampling == "under" else (30, 30)
-                evaluations.append(evaluation(seed, sampling, c, source, {c: values[column]}, cat_dog=cat_dog))
+                under = sampling == "under" and c in (CAT, DOG)
+                cat_dog = {CAT: under_cat_dog, DOG: under_dog_cat}[c] if under else (30, 30)
+                clean_cat_dog = {CAT: clean_under_cat_dog, DOG: clean_under_dog_cat}[c] if under else (10, 10)
+                evaluations.append(evaluation(seed, sampling, c, source, {c: values[column]}, cat_dog=cat_dog,
+                                              clean_cat_dog=clean_cat_dog))
     return StudyResults("cifar10", "paper", NAMES, evaluations, None)  # not smoke: smoke withholds verdicts
 
 
@@ -93,14 +100,29 @@ def test_claims_hold_on_paper_like_results_and_fail_on_reversed_ones():
     assert all(c.verdict == "holds" for c in checks)
     reversed_values = {**PAPER_LIKE, "whitebox_undersample": 0.40, "whitebox_oversample": 0.10,
                        "blackbox_undersample": 0.30}
-    checks = claims(study([reversed_values], under_cat_dog=(20, 30), under_dog_cat=(30, 50)))
+    checks = claims(study([reversed_values], under_cat_dog=(20, 30), under_dog_cat=(30, 50),
+                          clean_under_cat_dog=(30, 10), clean_under_dog_cat=(10, 40)))
     by_start = Verdicts({c.claim: c.holds for c in checks})
     assert by_start["Under-sampled models are more vulnerable"] is False
     assert by_start["Over-sampled models are more robust than "] is False
     assert by_start["Black-box attacks are weaker than white-box attacks (under"] is False  # 0.30 < 0.40
+    assert by_start["Black-box attacks succeed less often than white-box ones (under"] is False  # 62.5% vs 50%
     assert by_start["Under-sampled models attacked black-box k"] is False  # 30% is far from 53.8%
-    assert by_start["Under-sampling cat raises cat->dog confus"] is False
-    assert by_start["Under-sampling dog lowers dog->cat confus"] is False
+    # the cat model attacked calls 20 of 110 cats dogs: fewer than the balanced model attacked and than itself clean
+    # (30 of 120 each); the dog model attacked calls 50 of 140 dogs cats, more than both (30 of 120, 40 of 130)
+    assert by_start["Under-sampling cat raises cat->dog confusions under attack (read as the balanced"] is False
+    assert by_start["Under-sampling cat raises cat->dog confusions under attack (read as the under-sampled"] is False
+    assert by_start["Under-sampling dog lowers dog->cat confusions under attack (read as the balanced"] is False
+    assert by_start["Under-sampling dog lowers dog->cat confusions under attack (read as the under-sampled"] is False
+
+
+def test_the_cat_dog_claims_are_read_both_ways_from_the_papers_figures():
+    # the cat model: 40 of 130 cats called dogs attacked, 30 of 120 clean; the balanced model 30 of 120 attacked
+    checks = {c.claim: c for c in claims(study([PAPER_LIKE], clean_under_cat_dog=(50, 10)))}
+    readings = [c for text, c in checks.items() if text.startswith("Under-sampling cat raises cat->dog")]
+    assert [c.paper for c in readings] == ["31% -> 39% (rises)"] * 2
+    assert [c.holds for c in readings] == [True, False]  # 25.0 -> 30.8 rises; clean 35.7 -> 30.8 falls
+    assert readings[1].ours == "35.7% -> 30.8%"
 
 
 def test_claims_across_seeds_need_the_whole_interval():
@@ -131,3 +153,21 @@ def test_accuracy_intervals_are_cut_to_what_an_accuracy_can_be():
     assert low == 0.0 and 0.30 < high < 1.0  # the t-interval alone reaches far below 0
     assert confidence_interval((0.0, 0.02, 0.30))[0] < 0
     assert Estimate((0.1, -0.2)).interval[0] < -0.2  # a difference keeps its whole interval
+
+
+def test_table1_shows_each_cells_clean_ceiling_and_the_balanced_models_accuracy(tmp_path):
+    import csv
+
+    from imbadv.report.output import write_report
+
+    results = study([PAPER_LIKE])
+    under_cat = results.find(0, 0.01, "under", CAT, "self")
+    under_cat.metrics[f"clean_acc_c{CAT}"] = 0.076  # the under-sampled cat model barely knows cats
+    write_report(results, tmp_path)
+    cat_row = next(line for line in (tmp_path / "table1.md").read_text().splitlines() if line.startswith("| cat "))
+    assert "| 14.0 (7.6) / 0.5 |" in cat_row  # white-box under-sampled: ours (clean) / paper
+    rows = list(csv.DictReader((tmp_path / "table1.csv").open()))
+    assert float(rows[CAT]["whitebox_undersample_clean"]) == pytest.approx(0.076)
+    assert float(rows[CAT]["blackbox_oversample_clean"]) == pytest.approx(0.8)
+    report = (tmp_path / "report.md").read_text()
+    assert "The balanced model's clean accuracy on all classes: 80.0% (the paper's: about 83%)" in report

@@ -10,8 +10,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from imbadv.report import cells, figures
-from imbadv.report.analysis import (COLUMNS, TABLE1_EPS, Estimate, cell_values, claims, class_scope, column_means,
-                                    is_plumbing, paper_column_means, study_scope, table1, with_results)
+from imbadv.report.analysis import (COLUMNS, PAPER_BALANCED_CLEAN_ACCURACY, SHARE, TABLE1_EPS, Estimate, cell_values,
+                                    claims, class_scope, column_means, is_plumbing, paper_column_means, study_scope,
+                                    table1, with_results)
 from imbadv.tracking import store
 from imbadv.tracking.results import StudyResults
 
@@ -24,15 +25,25 @@ def _pct(value: float, sign: str = "") -> str:
 
 
 def _table1_markdown(results: StudyResults, eps: float) -> tuple[list[list[str]], list[list[str]]]:
-    rows = table1(results, eps)
-    header = ["class"] + [f"{c} ours / paper" for c, _, _ in COLUMNS]
-    body = [[str(r["class_name"])] + [f"{r[c].text()} / {_pct(r['paper_' + c])}" for c, _, _ in COLUMNS]
-            for r in rows]
-    means = column_means(rows, len(results.seeds))
+    """Each cell: our accuracy, the attacked model's clean accuracy on the class in brackets (the
+    ceiling of the cell), then the paper's accuracy (the paper gives no per-class clean accuracy)."""
+    rows, clean = table1(results, eps), table1(results, eps, metric="clean_acc")
+    header = ["class"] + [f"{c} ours (clean) / paper" for c, _, _ in COLUMNS]
+    body = [[str(r["class_name"])] + [f"{r[c].text()} ({_pct(k[c].mean)}) / {_pct(r['paper_' + c])}"
+                                      for c, _, _ in COLUMNS] for r, k in zip(rows, clean, strict=True)]
+    means, clean_means = column_means(rows, len(results.seeds)), column_means(clean, len(results.seeds))
     paper = paper_column_means(rows)  # over the same classes as ours, column by column
-    body.append(["**mean**"] + [f"**{means[c].text()} / {_pct(paper[c])}**" for c, _, _ in COLUMNS])
+    body.append(["**mean**"] + [f"**{means[c].text()} ({_pct(clean_means[c].mean)}) / {_pct(paper[c])}**"
+                                for c, _, _ in COLUMNS])
     body.append(["difference (ours - paper)"] + [_pct(means[c].mean - paper[c], "+") for c, _, _ in COLUMNS])
     return [header], body
+
+
+def balanced_clean_accuracy(results: StudyResults, eps: float = TABLE1_EPS) -> Estimate:
+    """The balanced model's clean accuracy on the whole test set, across seeds."""
+    values = [e.metrics.get("clean_acc", float("nan")) for seed in results.seeds
+              if (e := results.find(seed, eps, "balanced", None, "self")) is not None]
+    return Estimate(tuple(values), SHARE)
 
 
 def _means_note(results: StudyResults, eps: float) -> str:
@@ -75,20 +86,22 @@ def _write_csvs(results: StudyResults, eps: float, folder: Path) -> None:
         header = ["class_id", "class_name"]
         for column, _, _ in COLUMNS:
             header += [f"{column}_ours", f"{column}_ours_ci_low", f"{column}_ours_ci_high", f"{column}_paper",
-                       f"{column}_diff"]
+                       f"{column}_diff", f"{column}_clean"]
         writer.writerow(header)
-        for r in rows:
+        clean = table1(results, eps, metric="clean_acc")
+        for r, k in zip(rows, clean, strict=True):
             line = [r["class_id"], r["class_name"]]
             for column, _, _ in COLUMNS:
                 estimate, paper = r[column], r[f"paper_{column}"]
-                line += [estimate.mean, *estimate.interval, paper, estimate.mean - paper]
+                line += [estimate.mean, *estimate.interval, paper, estimate.mean - paper, k[column].mean]
             writer.writerow(line)
         # Each column's mean over the classes with results in it, and the paper's over the same classes.
         means, paper_means = column_means(rows, len(results.seeds)), paper_column_means(rows)
+        clean_means = column_means(clean, len(results.seeds))
         line = ["", "mean"]
         for column, _, _ in COLUMNS:
             line += [means[column].mean, *means[column].interval, paper_means[column],
-                     means[column].mean - paper_means[column]]
+                     means[column].mean - paper_means[column], clean_means[column].mean]
         writer.writerow(line)
     with open(folder / "claims.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -118,15 +131,19 @@ def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -
     note = _means_note(results, eps)
     intro = (f"Covers {study_scope(results)}. Dataset `{results.dataset}`, preset `{results.preset}`, FGSM ascent "
              f"at eps = {eps:g} with the true label. Cells: accuracy (%) on the 1,000 test images of the target class"
-             + (", mean [95% CI] over seeds." if seeds > 1 else "."))
+             + (", mean [95% CI] over seeds" if seeds > 1 else "") + "; in brackets the attacked model's clean "
+             "accuracy on that class, which no attack can raise, so a low clean accuracy caps a cell. The balanced "
+             f"model's clean accuracy on all classes: {balanced_clean_accuracy(results, eps).text()}% (the paper's: "
+             f"about {PAPER_BALANCED_CLEAN_ACCURACY:.0%}).")
     table1_text = _markdown_table(header[0], body) + (f"\n\n{note}" if note else "")
     sections = [
         ("Table 1: ours / the paper's", table1_text),
         ("Claims", _markdown_table(["claim", "paper", "ours", "verdict"], claim_rows)),
         ("Beyond the paper: attack success among correctly classified images, relative drop",
          "An under-sampled model already classifies its class worse before any attack. The attack success "
-         "rate counts only images the model got right before the attack; the relative drop is (clean - "
-         "adversarial) / clean.\n\n" + _markdown_table(beyond_header, beyond_body)),
+         "rate counts only images the model got right before the attack, so it, not the accuracy, says how "
+         "well an attack transfers; the relative drop is (clean - adversarial) / clean.\n\n"
+         + _markdown_table(beyond_header, beyond_body)),
     ]
     markdown = [f"# imbadv study report: {results.dataset}, {results.preset}", ""]
     if warning:
