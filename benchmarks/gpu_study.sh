@@ -6,7 +6,7 @@
 #
 #   benchmarks/gpu_study.sh [--device cuda] [--preset paper-fast] [--data cifar10|PATH] [--classes all]
 #                           [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR] [--preflight 1]
-#                           [--engine shared] [--group-trainings 0]
+#                           [--engine shared] [--group-trainings 0] [--train-options KEY=VALUE,...]
 #
 # --kit DIR (made by gpu/gpu_kit.sh) installs DIR's wheels beside the machine's own packages, without
 # a network, and takes DIR's dataset archive unless --data is given.
@@ -20,17 +20,19 @@
 # and the JSON extrapolates each phase from its finished steps and says so. --jobs independent
 # steps share the device, each in its own process; --engine (shared, the default, or isolated) and
 # --group-trainings (0: auto, 10 on CUDA for a preset without torch.compile such as paper-group) are
-# imbadv reproduce's. While the study runs, nvidia-smi (or $NVIDIA_SMI) samples the GPU's
+# imbadv reproduce's, as is --train-options (e.g. stopping=val-loss: the trainings stop early on the
+# held-out loss instead of training to convergence). While the study runs, nvidia-smi (or $NVIDIA_SMI) samples the GPU's
 # utilisation and memory once a second into gpu_util.csv, summarised in the JSON. Dry run on a CPU:
 #   benchmarks/gpu_study.sh --device cpu --preset smoke --data ../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz
 set -euo pipefail
 
 DEVICE=cuda PRESET=paper-fast DATA="" CLASSES=all JOBS=4 BUDGET=540 OUT=gpu-study KIT="" PREFLIGHT=1 ENGINE=shared GROUP=0
+TRAIN_OPTIONS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2 ;; --preset) PRESET=$2 ;; --data) DATA=$2 ;; --classes) CLASSES=$2 ;;
     --jobs) JOBS=$2 ;; --budget) BUDGET=$2 ;; --out) OUT=$2 ;; --kit) KIT=$2 ;; --preflight) PREFLIGHT=$2 ;;
-    --engine) ENGINE=$2 ;; --group-trainings) GROUP=$2 ;;
+    --engine) ENGINE=$2 ;; --group-trainings) GROUP=$2 ;; --train-options) TRAIN_OPTIONS=$2 ;;
     *) echo "gpu_study.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
   shift 2
@@ -79,7 +81,7 @@ EXCEEDED=()
 STATUS=0
 timeout --signal=INT --kill-after=30 "$BUDGET" "$PYTHON" -m imbadv reproduce --preset "$PRESET" --data "$DATA" \
   --device "$DEVICE" --classes "$CLASSES" --jobs "$JOBS" --engine "$ENGINE" \
-  --group-trainings "$GROUP" || STATUS=$?
+  --group-trainings "$GROUP" ${TRAIN_OPTIONS:+--train-options "$TRAIN_OPTIONS"} || STATUS=$?
 [ -z "$SAMPLER" ] || { kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; }
 if [ "$STATUS" = 124 ] || [ "$STATUS" = 137 ]; then
   echo "the study ran past its ${BUDGET}s budget: timings below are extrapolated from the finished steps"

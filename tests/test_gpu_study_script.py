@@ -37,13 +37,15 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     sampler.write_text("#!/usr/bin/env bash\nwhile true; do echo '40, 1000'; echo '60, 3000'; sleep 0.2; done\n")
     sampler.chmod(0o755)
     result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1", "--jobs", "2",
-                  NVIDIA_SMI=str(sampler))
+                  "--train-options", "stopping=val-loss", NVIDIA_SMI=str(sampler))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study_store = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=study_store, registry_uri=study_store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     trained_at = {f"{v.name}/{v.version}": client.get_run(v.run_id).info.end_time
                   for v in client.search_model_versions()}
+    trainings = [r for r in runs if r.data.tags.get("imbadv.job") == "train"]
+    assert len(trainings) == 3 and all(r.data.params["config.stopping"] == "val-loss" for r in trainings)
     for run in (r for r in runs if r.data.tags.get("imbadv.job") == "evaluate"):  # each after its models
         models = {run.data.tags["imbadv.target"], run.data.tags["imbadv.source"]} - {"self"}
         assert all(trained_at[m] <= run.info.start_time for m in models), run.info.run_name
