@@ -122,7 +122,8 @@ def _reproduce(**options: Any) -> None:
     _ = config.eps_values, config.class_ids(num_classes=None)  # bad values fail before torch and MLflow load
     from imbadv.study import workers
 
-    with workers.start(config) as pool:  # the workers start while the study's modules load
+    local = config.executor == "local"  # on Ray, the cluster's workers run the steps
+    with workers.start(config) if local else contextlib.nullcontext() as pool:  # they start while modules load
         from imbadv.study.engine import run_study
 
         outcome = run_study(config, pool)

@@ -20,6 +20,7 @@ Precision = Literal["fp32", "bf16"]
 AttackName = Literal["fgsm", "ifgsm"]
 Direction = Literal["ascent", "descent"]
 Engine = Literal["shared", "isolated"]
+Executor = Literal["local", "ray"]
 Init = Literal["keras", "torch"]
 AttackLoss = Literal["logits", "keras"]
 Stopping = Literal["train-loss", "val-loss"]
@@ -323,11 +324,28 @@ class StudyConfig:
         "Trainings of one kind (equally many images) trained side by side in one shared-engine worker, "
         "vectorised: 0 = auto (10 on CUDA with a preset without torch.compile or augmentation, else 1), "
         "1 = each alone. Grouped models equal alone-trained ones up to float32 rounding, not bit for bit.")})
+    executor: Executor = field(default="local", metadata={"help": (
+        "'local': worker processes on this machine; 'ray': each step a task on a Ray cluster (--ray-address), "
+        "with the same reuse, resume and results.")})
+    ray_address: str = field(default="", metadata={"help": (
+        "The Ray cluster to join with --executor ray (default: $RAY_ADDRESS, else a Ray instance started on "
+        "this machine).")})
+    gpus_per_training: float = field(default=0.0, metadata={"help": (
+        "With --executor ray: the GPU share each training asks Ray for (0.25 runs four at once on one GPU); "
+        "0: none, on CPU nodes.")})
     cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "Cache, as for train."})
     device: str = field(default=ModelSelection.device, metadata={"help": "'auto', 'cpu' or 'cuda'."})
 
     def __post_init__(self) -> None:
         check_preset(self.preset)
+        if self.executor not in get_args(Executor):
+            raise ConfigError(f"unknown executor {self.executor!r}: use local or ray")
+        if self.executor == "ray" and self.group_trainings > 1:
+            raise ConfigError("training groups run on the local executor: pass --group-trainings 1 with "
+                              "--executor ray")
+        if not 0.0 <= self.gpus_per_training <= 1.0:
+            raise ConfigError(f"gpus per training {self.gpus_per_training} is outside [0, 1]: pass e.g. "
+                              "--gpus-per-training 0.25")
         if self.attack_loss not in get_args(AttackLoss):
             raise ConfigError(f"unknown attack loss {self.attack_loss!r}: use logits or keras")
         if self.group_trainings < 0:

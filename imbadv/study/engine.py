@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -66,17 +67,21 @@ def _step_environment(experiment_id: str, threads: int) -> None:
 
 
 def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
-              log_dir: str, threads: int, engine: str = "isolated") -> str:
-    """Worker: run one step in this process, output to a log file; returns the step's run id."""
+              log_dir: str, threads: int, engine: str = "isolated", tags: dict[str, str] | None = None,
+              **job_options: Any) -> str:
+    """Worker: run one step in this process, output to a log file; returns the step's run id.
+
+    `tags` go on the step's run beside the engine and the executor (default: local)."""
     from imbadv.jobs.evaluate import run_evaluate
     from imbadv.jobs.train import run_train
 
     _step_environment(experiment_id, threads)
     log_path = Path(log_dir) / f"{step.key}.log"
-    with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-            lifecycle.step_tags(parent_run_id, step.key, {names.TAG_ENGINE: engine}):
+    step_tags = {names.TAG_ENGINE: engine, names.TAG_EXECUTOR: "local", **(tags or {})}
+    with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+            lifecycle.step_tags(parent_run_id, step.key, step_tags):
         job = run_train if step.entry == "train" else run_evaluate
-        return job(**dict(step.options), cache_dir=cache_dir, device=device).run_id
+        return job(**dict(step.options), cache_dir=cache_dir, device=device, **job_options).run_id
 
 
 def _run_training_group(steps: list[Step], parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
@@ -92,7 +97,8 @@ def _run_training_group(steps: list[Step], parent_run_id: str, experiment_id: st
 
     def member(index: int, step: Step) -> None:
         try:
-            with lifecycle.step_tags(parent_run_id, step.key, {names.TAG_ENGINE: "shared"}):
+            with lifecycle.step_tags(parent_run_id, step.key, {names.TAG_ENGINE: "shared",
+                                                               names.TAG_EXECUTOR: "local"}):
                 run = run_train(**dict(step.options), cache_dir=cache_dir, device=device, group=group)
             results[index] = (step.key, run.run_id, None)
         except Exception as error:  # this model's run is FAILED; the others go on
@@ -155,6 +161,11 @@ def run_study(config: StudyConfig, pool: ProcessPoolExecutor | None = None) -> S
     `pool`: the study's workers, when the caller started them (`imbadv.study.workers.start`).
     """
     start = time.monotonic()
+    if config.executor == "ray":  # the cluster's workers run the steps
+        from imbadv.study import ray_executor
+
+        ray_executor.prepare(config)  # a cluster that cannot run the study stops it before any run exists
+        return _study(config, pool, start)
     if pool is not None:
         return _study(config, pool, start)
     with workers.start(config) as own:
@@ -165,9 +176,8 @@ def _study(config: StudyConfig, pool: ProcessPoolExecutor, start: float) -> Stud
     dataset = load_dataset(config.data, config.cache_dir)
     code = provenance.code_version()
     steps = plan(config, dataset.num_classes, dataset.digest, code)
-    identity = {k: v for k, v in asdict(config).items() if k not in ("engine", "group_trainings")} | {
-        "force": False, "jobs": 0}
-    study_key = step_key("study", identity, dataset.digest, code)  # either engine completes the same study
+    identity = {k: v for k, v in asdict(config).items() if k not in RUN_OPTIONS}
+    study_key = step_key("study", identity, dataset.digest, code)  # any engine or executor completes the same study
     with _exclusive(Path(config.cache_dir).expanduser() / "locks" / f"study-{study_key}.lock"):
         return _run_steps(config, pool, dataset.name, dataset.digest, steps, study_key, start)
 
@@ -202,7 +212,13 @@ def _run_steps(config: StudyConfig, pool: ProcessPoolExecutor, dataset_name: str
                                            if k not in RUN_OPTIONS})
         experiment_id = parent.info.experiment_id
         outcome = StudyOutcome(parent.info.run_id, [], [], [], 0.0)
-        _drive_pool(config, pool, steps, dataset_digest, experiment_id, outcome)
+        if config.executor == "ray":
+            from imbadv.study import ray_executor
+
+            store.call(mlflow.set_tag, names.TAG_EXECUTOR, "ray")
+            ray_executor.drive(config, steps, dataset_digest, experiment_id, outcome)
+        else:
+            _drive_pool(config, pool, steps, dataset_digest, experiment_id, outcome)
         outcome.seconds = time.monotonic() - start
         store.call(mlflow.log_metrics, {"steps_total": len(steps), "steps_reused": len(outcome.reused),
                                         "steps_ran": len(outcome.ran), "steps_failed": len(outcome.failed)})
@@ -299,7 +315,8 @@ def _results(future: Future, group: list[Step]) -> list[tuple[Step, str | None, 
 
 
 # How a study runs, not what it computes: not logged as params, not in the study's key.
-RUN_OPTIONS = ("force", "jobs", "cache_dir", "device", "engine", "group_trainings")
+RUN_OPTIONS = ("force", "jobs", "cache_dir", "device", "engine", "group_trainings", "executor", "ray_address",
+               "gpus_per_training")
 
 
 class StudyFailed(RuntimeError):

@@ -58,7 +58,8 @@ def job_run(job: str, run_name: str, run_id: str | None = None,
                      tags=None if run_id else {**(_STEP_TAGS.get() or {}), **owner})
     status = "FINISHED"
     try:
-        store.call(mlflow.set_tags, {**owner, **provenance_tags()})
+        # a resumed run takes the step's tags of this attempt too (the node it now runs on)
+        store.call(mlflow.set_tags, {**(_STEP_TAGS.get() or {}), **owner, **provenance_tags()})
         if made_by_mlflow_run:  # with a random name
             store.call(MlflowClient().update_run, run.info.run_id, name=run_name)
         yield run
