@@ -108,7 +108,7 @@ def _evaluate(step: Step, common: tuple, dataset_digest: str, code: str, finishe
     from imbadv.study.engine import _run_step
 
     share_in_this_process()
-    needed = [m for m in _models_of(step) if m not in trained]
+    needed = [m for m in reuse.attacked_models(step) if m not in trained]
     versions = dict(trained) | {m: reuse.registered_version(r) for m, r in zip(needed, training_run_ids, strict=True)}
     pinned = reuse.pin_models(step, versions, dataset_digest, code)
     if pinned.key in finished:
@@ -116,23 +116,14 @@ def _evaluate(step: Step, common: tuple, dataset_digest: str, code: str, finishe
     return pinned.key, _run_step(pinned, *common, "shared", _attempt_tags()), False
 
 
-def _models_of(step: Step) -> list[Model]:
-    options = dict(step.options)
-    models = [model_of(options)]
-    if options["source"] == "balanced":
-        models.append((options["seed"], "balanced", None))
-    return models
-
-
 def drive(config: StudyConfig, steps: list[Step], dataset_digest: str, experiment_id: str,
           outcome: StudyOutcome) -> None:
-    """Submit every step that is not finished to the cluster, with the trainings' object references as
-    the evaluations' arguments, and record what ran, what was reused and what failed."""
+    """Submit every step that is not finished to the cluster (joined by `prepare`), with the trainings'
+    object references as the evaluations' arguments, and record what ran, what was reused and what failed."""
     import ray
 
     from imbadv.study.engine import discard_unfinished
 
-    prepare(config)
     log_dir = Path(config.cache_dir).expanduser() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = workers.threads(config)
@@ -157,7 +148,7 @@ def drive(config: StudyConfig, steps: list[Step], dataset_digest: str, experimen
         references[model] = train_task.remote(step, common)
         pending[references[model]] = step
     for step in (s for s in steps if s.entry == "evaluate"):
-        needed = [m for m in _models_of(step) if m not in trained]
+        needed = [m for m in reuse.attacked_models(step) if m not in trained]
         reference = evaluate_task.remote(step, common, dataset_digest, code, finished, trained,
                                          *(references[m] for m in needed))
         pending[reference] = step

@@ -66,11 +66,18 @@ def registered_version(run_id: str) -> str:
     return f"models:/{newest.name}/{newest.version}"
 
 
+def attacked_models(step: Step) -> list[Model]:
+    """The models an evaluation step needs: its target, then its black-box source if it has one."""
+    options = dict(step.options)
+    return [model_of(options)] + ([(options["seed"], "balanced", None)] if options["source"] == "balanced" else [])
+
+
 def pin_models(step: Step, versions: dict[Model, str], dataset_digest: str, code_version: str) -> Step:
     """The evaluation `step` with the exact versions it attacks in its options and in its reuse key."""
     options: dict[str, Any] = dict(step.options)
-    options["target_uri"] = versions[model_of(options)]
-    if options["source"] == "balanced":
-        options["source_uri"] = versions[(options["seed"], "balanced", None)]
+    target, *source = attacked_models(step)
+    options["target_uri"] = versions[target]
+    if source:
+        options["source_uri"] = versions[source[0]]
     return Step(step.entry, tuple(sorted(options.items())),
                 step_key(step.entry, options, dataset_digest, code_version))
