@@ -131,22 +131,36 @@ def _reproduce(**options: Any) -> None:
                f"{outcome.seconds:.0f} s")
 
 
-def report(preset: str = typer.Option(StudyConfig.preset, show_default=False,
-                                      help=f"Preset of the study (default: {StudyConfig.preset})."),
-           data: str = typer.Option(StudyConfig.data, show_default=False,
-                                    help=f"Data source of the study, as for train (default: {StudyConfig.data})."),
+def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noqa: UP045
+                                                help=f"Preset of the study (default: {StudyConfig.preset})."),
+           data: Optional[str] = typer.Option(None, show_default=False, help=(  # noqa: UP045
+               f"Data source of the study, as for train (default: {StudyConfig.data}).")),
            output_dir: str = typer.Option("reports", show_default=False,
                                           help="Folder for <dataset>-<preset>/ (default: reports)."),
-           attack_loss: str = typer.Option(StudyConfig.attack_loss, show_default=False, help=(
+           attack_loss: Optional[str] = typer.Option(None, show_default=False, help=(  # noqa: UP045
                "Report the evaluations made with this attack loss, logits or keras (default: "
-               f"{StudyConfig.attack_loss}); keras writes to <dataset>-<preset>-keras-loss/."))) -> None:
+               f"{StudyConfig.attack_loss}); keras writes to <dataset>-<preset>-keras-loss/.")),
+           results: Optional[list[str]] = typer.Option(None, "--results", metavar="FILE", show_default=False, help=(  # noqa: UP045, B008 (typer)
+               "Report the results.json files of earlier reports instead of this tracking store, their seeds "
+               "combined: repeat it or separate paths by commas (e.g. seeds run in separate stores with "
+               "reproduce's --first-seed)."))) -> None:
     """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
-    from imbadv.tracking import store
-    from imbadv.report.output import run_report
+    from imbadv.report.output import run_report, run_report_from_files
 
     with _one_line_errors():
+        if results:
+            given = {"--preset": preset, "--data": data, "--attack-loss": attack_loss}
+            if any(value is not None for value in given.values()):
+                passed = ", ".join(option for option, value in given.items() if value is not None)
+                raise ConfigError(f"{passed} cannot be combined with --results: the files name their study; "
+                                  "pass only --results and --output-dir")
+            run_report_from_files([path for value in results for path in value.split(",") if path], output_dir)
+            return
+        from imbadv.tracking import store
+
         store.prepare()
-        run_report(preset, data, output_dir, attack_loss)
+        run_report(preset or StudyConfig.preset, data or StudyConfig.data, output_dir,
+                   attack_loss or StudyConfig.attack_loss)
 
 
 app.command("report")(report)

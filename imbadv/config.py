@@ -300,7 +300,10 @@ class StudyConfig:
 
     preset: str = field(default=ModelSelection.preset, metadata={
         "help": "Preset of every model (paper, paper-fast, paper-group, cpu, smoke)."})
-    seeds: int = field(default=1, metadata={"help": "Seeds per configuration (0 .. seeds-1)."})
+    seeds: int = field(default=1, metadata={"help": "Seeds per configuration (first-seed .. first-seed+seeds-1)."})
+    first_seed: int = field(default=0, metadata={"help": (
+        "The study's first seed: e.g. --first-seed 1 --seeds 2 runs seeds 1 and 2 (in a store of their own, "
+        "then `imbadv report --results` combines its report's results.json with seed 0's).")})
     data: str = field(default=ModelSelection.data, metadata={"help": "Data source, as for train."})
     eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
         "help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})
@@ -361,6 +364,8 @@ class StudyConfig:
             raise ConfigError(f"unknown engine {self.engine!r}: use shared or isolated")
         if self.seeds < 1 or self.jobs < 1:
             raise ConfigError("seeds and jobs must be 1 or more: pass e.g. --seeds 1 --jobs 1")
+        if self.first_seed < 0:
+            raise ConfigError(f"first seed {self.first_seed} is negative: pass --first-seed 0 or more")
         for value in self.eps_values:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
@@ -369,6 +374,10 @@ class StudyConfig:
     def training_overrides(self) -> dict[str, Any]:
         """`train_options` as typed TrainConfig values: {} when empty."""
         return parse_train_options(self.train_options)
+
+    @property
+    def seed_values(self) -> range:
+        return range(self.first_seed, self.first_seed + self.seeds)
 
     @property
     def eps_values(self) -> tuple[float, ...]:

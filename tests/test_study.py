@@ -179,7 +179,7 @@ def test_the_shared_engine_ran_every_step_and_the_isolated_one_completes_the_sam
 
 @pytest.mark.slow
 def test_the_report_writes_its_files_and_table_1(report):
-    assert {"table1.csv", "table1.md", "claims.csv", "beyond.csv", "report.md", "report.html",
+    assert {"table1.csv", "table1.md", "claims.csv", "beyond.csv", "report.md", "report.html", "results.json",
             "fig3_clean_accuracy.png", "fig5_relative_drop.png", "fig7_confusions.png"} <= {
         p.name for p in report.folder.iterdir()}
     assert "Table 1" in report.stdout and "cat" in report.stdout
@@ -193,6 +193,19 @@ def test_the_reports_cat_row_holds_the_under_c3_white_box_runs_cat_accuracy(repo
         "params.`config.sampling` = 'under' and params.`config.class_id` = '3' and params.`config.source` = 'self'"))
     assert float(cat["whitebox_undersample_ours"]) == pytest.approx(run.data.metrics["adv_acc_c3"])
     assert float(cat["whitebox_undersample_paper"]) == pytest.approx(0.005)
+
+
+@pytest.mark.slow
+def test_the_reports_results_file_gives_the_same_report_without_the_store(report, tmp_path):
+    """results.json is the data behind the report: reported again in an empty store, the same tables."""
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = subprocess.run([sys.executable, "-m", "imbadv", "report", "--results", str(report.folder / "results.json"),
+                             "--output-dir", str(tmp_path / "again")], env=_env(empty), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = tmp_path / "again" / report.folder.name
+    for name in ("table1.csv", "table1.md", "beyond.csv", "claims.csv", "results.json"):
+        assert (again / name).read_text() == (report.folder / name).read_text(), name
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from imbadv.config import ConfigError
 from imbadv.report import cells, figures
 from imbadv.report.analysis import (COLUMNS, PAPER_BALANCED_CLEAN_ACCURACY, SHARE, TABLE1_EPS, Estimate, cell_values,
                                     claims, class_scope, column_means, is_plumbing, paper_column_means, study_scope,
                                     table1, with_results)
+from imbadv.report.saved import RESULTS_FILE, read_results_files, write_results_file
 from imbadv.tracking import store
 from imbadv.tracking.results import StudyResults
 
@@ -209,8 +211,8 @@ def attach_to_study(results: StudyResults, folder: Path) -> None:
 
 def run_report(preset: str, data: str, output_dir: str, attack_loss: str = "logits") -> Path:
     """Read the finished runs of a study and write its report to `<output_dir>/<dataset>-<preset>/`
-    (`...-keras-loss/` for the evaluations made with Keras' loss)."""
-    from imbadv.config import ConfigError
+    (`...-keras-loss/` for the evaluations made with Keras' loss), with the results behind it in
+    `results.json`."""
     from imbadv.core.data import dataset_name
     from imbadv.tracking.results import load_results
 
@@ -222,8 +224,23 @@ def run_report(preset: str, data: str, output_dir: str, attack_loss: str = "logi
     if not results.evaluations:
         raise ConfigError(f"no finished evaluations of {dataset} with preset {preset}{option} in this tracking "
                           f"store: run `imbadv reproduce --preset {preset} --data {data}{option}` first")
-    folder = Path(output_dir) / (f"{dataset}-{preset}" + ("" if attack_loss == "logits" else "-keras-loss"))
-    write_report(results, folder)
+    folder = _write(results, output_dir, attack_loss)
     attach_to_study(results, folder)
+    return folder
+
+
+def run_report_from_files(paths: list[str], output_dir: str) -> Path:
+    """Write the report of the results files at `paths` (`imbadv.report.saved`), their seeds combined."""
+    results, attack_loss = read_results_files(paths)
+    if not results.evaluations:
+        raise ConfigError(f"{', '.join(map(str, paths))} hold no evaluations: report a study with results")
+    return _write(results, output_dir, attack_loss)
+
+
+def _write(results: StudyResults, output_dir: str, attack_loss: str) -> Path:
+    folder = Path(output_dir) / (f"{results.dataset}-{results.preset}" + ("" if attack_loss == "logits"
+                                                                          else "-keras-loss"))
+    write_report(results, folder)
+    write_results_file(results, folder / RESULTS_FILE, attack_loss)
     print(f"report written to {folder}/report.html")
     return folder

@@ -44,12 +44,12 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     base = {"preset": config.preset, "data": config.data}
     training = {**base, **config.training_overrides, **({"shared_init": True} if config.shared_init else {})}
     specs: list[tuple[str, dict[str, Any]]] = []
-    for seed in range(config.seeds):
+    for seed in config.seed_values:
         specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))
         for c in classes:
             for sampling in ("under", "over"):
                 specs.append(("train", {**training, "seed": seed, "sampling": sampling, "class_id": c}))
-    for seed in range(config.seeds):
+    for seed in config.seed_values:
         for eps in config.eps_values:
             attack = {**base, "seed": seed, "eps": eps,
                       "attack": AttackConfig.attack, "direction": AttackConfig.direction,
