@@ -171,3 +171,22 @@ def test_table1_shows_each_cells_clean_ceiling_and_the_balanced_models_accuracy(
     assert float(rows[CAT]["blackbox_oversample_clean"]) == pytest.approx(0.8)
     report = (tmp_path / "report.md").read_text()
     assert "The balanced model's clean accuracy on all classes: 80.0% (the paper's: about 83%)" in report
+
+
+def test_the_beyond_tables_intervals_are_cut_to_what_each_measure_can_be():
+    """Two seeds far apart give t-intervals past 0% and 100%; the beyond table shows them cut, like Table 1's."""
+    from imbadv.report.output import _beyond_rows
+
+    results = study([dict(PAPER_LIKE, whitebox_undersample=0.02), dict(PAPER_LIKE, whitebox_undersample=0.78)])
+    header, body = _beyond_rows(results, 0.01)
+    bounds = []
+    for row in body:
+        for column, text in zip(header[1:], row[1:], strict=True):
+            if "[" in text:
+                low, high = (float(v) for v in text.split("[")[1].rstrip("]").split(", "))
+                bounds.append((column, low, high))
+    success = [(low, high) for column, low, high in bounds if column.startswith("success_")]
+    drops = [(low, high) for column, low, high in bounds if column.startswith("drop_")]
+    assert success and all(low >= 0.0 and high <= 100.0 for low, high in success)
+    assert drops and all(high <= 100.0 for _, high in drops) and min(low for low, _ in drops) < 0
+    assert any(high == 100.0 for _, high in success)  # cut, not merely narrow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import math
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -20,6 +21,9 @@ from imbadv.tracking.results import StudyResults
 
 # (column, sampling, source, metric): the measures beyond the paper, from the one table of cells.
 BEYOND = tuple((column, cell.sampling, cell.source, metric) for column, cell, metric in cells.BEYOND)
+# The range each measure can take, to which its interval is cut: a relative drop is at most 1 (an
+# attack that leaves nothing right) and below 0 where the attack raised the accuracy.
+BEYOND_BOUNDS = {"clean_acc": SHARE, "success_rate": SHARE, "rel_drop": (-math.inf, 1.0)}
 
 
 def _pct(value: float, sign: str = "") -> str:
@@ -70,7 +74,8 @@ def _plumbing_warning(results: StudyResults) -> str:
 
 def _beyond_rows(results: StudyResults, eps: float) -> tuple[list[str], list[list[str]]]:
     header = ["class"] + [c for c, _, _, _ in BEYOND]
-    body = [[name] + [Estimate(cell_values(results, eps, s, src, k, m)).text() for _, s, src, m in BEYOND]
+    body = [[name] + [Estimate(cell_values(results, eps, s, src, k, m), BEYOND_BOUNDS[m]).text()
+                      for _, s, src, m in BEYOND]
             for k, name in enumerate(results.class_names)]
     return header, body
 
