@@ -31,7 +31,7 @@ class ResultsFileError(ConfigError):
 def to_json(results: StudyResults, attack_loss: str = "logits") -> dict[str, Any]:
     return {"format": FORMAT, "dataset": results.dataset, "preset": results.preset, "attack_loss": attack_loss,
             "class_names": list(results.class_names), "study_run_id": results.study_run_id,
-            "evaluations": [_evaluation_json(e) for e in sorted(results.evaluations, key=_cell)]}
+            "evaluations": [_evaluation_json(e) for e in sorted(results.evaluations, key=_order)]}
 
 
 def write_results_file(results: StudyResults, path: Path, attack_loss: str = "logits") -> Path:
@@ -56,12 +56,11 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
     for path, values in loaded:
         for item in values["evaluations"]:
             evaluation = _evaluation(item, path)
-            cell = _cell(evaluation)
-            if cell in origin:
+            if evaluation.cell in origin:
                 raise ResultsFileError(f"seed {evaluation.seed}'s {evaluation.sampling} {evaluation.class_id} "
                                        f"{evaluation.source} evaluation at eps {evaluation.eps:g} is in both "
-                                       f"{origin[cell]} and {path}: combine files of different seeds")
-            origin[cell] = path
+                                       f"{origin[evaluation.cell]} and {path}: combine files of different seeds")
+            origin[evaluation.cell] = path
             evaluations.append(evaluation)
     check_one_version_per_model(evaluations)  # per seed, so models of separate stores never meet
     study_run_id = first["study_run_id"] if len(loaded) == 1 else None
@@ -69,9 +68,10 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
     return results, first["attack_loss"]
 
 
-def _cell(evaluation: Evaluation) -> tuple:
-    return (evaluation.seed, evaluation.eps, evaluation.sampling, -1 if evaluation.class_id is None
-            else evaluation.class_id, evaluation.source)
+def _order(evaluation: Evaluation) -> tuple:
+    """A sort key of `Evaluation.cell`: the balanced model's cells (class None) first."""
+    seed, eps, sampling, class_id, source = evaluation.cell
+    return (seed, eps, sampling, -1 if class_id is None else class_id, source)
 
 
 def _evaluation_json(evaluation: Evaluation) -> dict[str, Any]:

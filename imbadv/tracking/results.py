@@ -39,6 +39,11 @@ class Evaluation:
     def per_class(self, name: str, k: int) -> float:
         return self.metrics.get(f"{name}_c{k}", float("nan"))
 
+    @property
+    def cell(self) -> tuple[int, float, str, int | None, str]:
+        """The study cell this evaluation fills: (seed, eps, sampling, class_id, source)."""
+        return (self.seed, self.eps, self.sampling, self.class_id, self.source)
+
 
 @dataclass(frozen=True)
 class StudyResults:
@@ -58,7 +63,7 @@ class StudyResults:
 
     def find(self, seed: int, eps: float, sampling: str, class_id: int | None, source: str) -> Evaluation | None:
         for e in self.evaluations:
-            if (e.seed, e.eps, e.sampling, e.class_id, e.source) == (seed, eps, sampling, class_id, source):
+            if e.cell == (seed, eps, sampling, class_id, source):
                 return e
         return None
 
@@ -89,8 +94,7 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True, attack
         evaluation = _evaluation(run, attack_loss)
         if evaluation is None:
             continue
-        key = (evaluation.seed, evaluation.eps, evaluation.sampling, evaluation.class_id, evaluation.source)
-        newest.setdefault(key, evaluation)  # runs come newest first
+        newest.setdefault(evaluation.cell, evaluation)  # runs come newest first
     evaluations = list(newest.values())
     check_one_version_per_model(evaluations)
     class_names: tuple[str, ...] = ()
