@@ -90,8 +90,9 @@ class ModelSelection:
         "sampling=balanced."))
     preset: str = field(default="paper", metadata=_help(
         "Named set of config values: 'paper' (the paper's, fp32), 'paper-fast' (paper plus a GPU's "
-        "fast paths), 'paper-group' (paper-fast without torch.compile, for training groups), 'cpu' (a 2-core "
-        "machine) or 'smoke' (seconds, for tests)."))
+        "fast paths), 'paper-group' (paper-fast without torch.compile, for training groups), 'paper-aug' "
+        "(paper plus the Keras CIFAR-10 example's augmentation and dropout), 'paper-aug-fast' (paper-aug "
+        "plus a GPU's fast paths), 'cpu' (a 2-core machine) or 'smoke' (seconds, for tests)."))
     seed: int = field(default=0, metadata=_help(
         "Seed for sampling; initialisation and shuffling take a seed derived from it, the sampling and the class "
         "(see --shared-init)."))
@@ -299,7 +300,7 @@ class StudyConfig:
     """A study: the paper's 21 models and 50 attacked combinations, per seed and eps (section 4)."""
 
     preset: str = field(default=ModelSelection.preset, metadata={
-        "help": "Preset of every model (paper, paper-fast, paper-group, cpu, smoke)."})
+        "help": "Preset of every model (paper, paper-fast, paper-group, paper-aug, paper-aug-fast, cpu, smoke)."})
     seeds: int = field(default=1, metadata={"help": "Seeds per configuration (first-seed .. first-seed+seeds-1)."})
     first_seed: int = field(default=0, metadata={"help": (
         "The study's first seed: e.g. --first-seed 1 --seeds 2 runs seeds 1 and 2 (in a store of their own, "

@@ -8,6 +8,7 @@ torch.compile.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -16,7 +17,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from imbadv.tracking import provenance
 from imbadv.core.attacks import fgsm
-from imbadv.config import AttackConfig, TrainConfig, resolve_evaluate_config, resolve_train_config
+from imbadv.config import (
+    PRESETS,
+    AttackConfig,
+    ModelSelection,
+    StudyConfig,
+    TrainConfig,
+    resolve_evaluate_config,
+    resolve_train_config,
+)
 from imbadv.core.inference import predict_logits, set_layout
 from imbadv.core.model import VGG, VGGSpec
 from imbadv.core.optim import keras_rmsprop
@@ -146,3 +155,10 @@ def test_code_version_follows_the_package_source_only(tmp_path):
     (package / "train.py").write_text("x = 2\n")
     assert provenance.code_version(package) != before
     assert len(provenance.code_version(provenance.PACKAGE_DIR)) == 16
+
+
+@pytest.mark.parametrize("config_class", [ModelSelection, StudyConfig])
+def test_every_preset_is_named_in_the_preset_help(config_class):
+    help_words = set(re.findall(r"[\w-]+", config_class.__dataclass_fields__["preset"].metadata["help"]))
+    missing = [name for name in PRESETS if name not in help_words]
+    assert not missing, f"--preset help does not name {missing}"
