@@ -165,7 +165,8 @@ class TrainConfig(ModelSelection):
         "Smallest fall of the training loss that counts as progress under --stopping train-loss "
         "(as Keras' EarlyStopping min_delta)."))
     precision: Precision = field(default="fp32", metadata=_help(
-        "'fp32', or 'bf16' autocast (faster on AMX CPUs and GPUs; changes numerics)."))
+        "'fp32', or 'bf16' autocast (faster on GPUs and on CPUs with AMX or AVX512-BF16, far slower on "
+        "other CPUs, which a warning names; changes numerics)."))
     channels_last: bool = field(default=False, metadata=_help(
         "Train in channels_last memory layout (faster convolutions; fp32 results equal up to rounding)."))
     torch_compile: bool = field(default=False, metadata=_help(
@@ -268,7 +269,8 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         "With --source balanced: the exact version of the balanced model, models:/<name>/<version>."))
     batch_size: int = field(default=500, metadata=_help("Images per attack batch (independent of training)."))
     precision: Precision = field(default="fp32", metadata=_help(
-        "'fp32', or 'bf16' autocast for the attack's forward and backward passes."))
+        "'fp32', or 'bf16' autocast for the attack's forward and backward passes (fast only where the "
+        "device has bf16 units, as for train)."))
     channels_last: bool = field(default=False, metadata=_help(
         "Attack in channels_last memory layout (faster convolutions; fp32 results equal up to rounding)."))
     max_onnx_disagreement: float = field(default=MAX_ONNX_DISAGREEMENT, metadata=_help(

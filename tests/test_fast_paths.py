@@ -26,6 +26,7 @@ from imbadv.config import (
     resolve_evaluate_config,
     resolve_train_config,
 )
+from imbadv.core import inference
 from imbadv.core.inference import predict_logits, set_layout
 from imbadv.core.model import VGG, VGGSpec
 from imbadv.core.optim import keras_rmsprop
@@ -162,3 +163,17 @@ def test_every_preset_is_named_in_the_preset_help(config_class):
     help_words = set(re.findall(r"[\w-]+", config_class.__dataclass_fields__["preset"].metadata["help"]))
     missing = [name for name in PRESETS if name not in help_words]
     assert not missing, f"--preset help does not name {missing}"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_without_bf16_units_is_named(monkeypatch, capsys, native):
+    """bf16 on a CPU without AMX or AVX512-BF16 runs slow reference kernels: the run is tagged and warned."""
+    monkeypatch.setattr(inference, "bf16_is_native", lambda device: native)
+    assert inference.check_bf16(torch.device("cpu"), "bf16") == {"imbadv.bf16_native": str(native)}
+    warning = capsys.readouterr().err
+    assert ("no bf16 matrix units" in warning and "--precision fp32" in warning) is not native
+    assert inference.check_bf16(torch.device("cpu"), "fp32") == {} and capsys.readouterr().err == ""
+
+
+def test_bf16_native_follows_onednn_on_the_cpu():
+    assert inference.bf16_is_native(torch.device("cpu")) is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

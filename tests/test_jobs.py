@@ -8,11 +8,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from imbadv.tracking import names
 from imbadv.config import TrainConfig
 from imbadv.core.data import load_dataset, sha256_file
+from imbadv.core.inference import bf16_is_native
 from imbadv.jobs.evaluate import run_evaluate
 from imbadv.core.sampling import sample_split
 from imbadv.jobs.train import run_train
@@ -141,6 +143,8 @@ def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
     fast_run = client.get_run(fast.run_id)
     assert fast_run.data.metrics["onnx_agreement"] >= 0.999
     assert fast_run.data.params["config.precision"] == "bf16" and fast_run.data.params["config.channels_last"] == "True"
+    assert fast_run.data.tags[names.TAG_BF16_NATIVE] == str(bf16_is_native(torch.device("cpu")))
+    assert names.TAG_BF16_NATIVE not in client.get_run(white.run_id).data.tags  # fp32 runs carry no such tag
 
 
 def test_source_trained_on_other_data_is_refused(store, small_data, extracted, tmp_path, session_cache):

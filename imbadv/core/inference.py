@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 from torch import nn
 
 from imbadv.config import ConfigError
+from imbadv.tracking.names import TAG_BF16_NATIVE
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,6 +19,27 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but no CUDA device is present: pass --device cpu")
     return torch.device(name)
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether `device` has bf16 matrix units: a CUDA device that supports bf16, or a CPU where
+    oneDNN finds AVX512-BF16 or AMX. Elsewhere bf16 convolutions fall back to slow reference
+    kernels (on an AVX2-only CPU, 25x slower than fp32 at the paper's width)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_bf16(device: torch.device, precision: str) -> dict[str, str]:
+    """Under bf16, the tag that records whether `device` runs it natively, and a warning on stderr
+    when it does not; nothing under fp32."""
+    if precision != "bf16":
+        return {}
+    native = bf16_is_native(device)
+    if not native:
+        print(f"warning: --precision bf16 on {device}, which has no bf16 matrix units (no AVX512-BF16 or AMX): "
+              "it runs far slower than fp32 here; pass --precision fp32", file=sys.stderr, flush=True)
+    return {TAG_BF16_NATIVE: str(native)}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
