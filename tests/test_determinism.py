@@ -29,7 +29,7 @@ def test_same_threads_give_the_same_weights_and_every_run_records_its_threads(st
         outcome = run_train(**options)
         version = client.get_model_version(outcome.model_name, outcome.version)
         run = client.get_run(outcome.run_id)
-        trained.append((run.data.tags[names.TAG_THREADS], run.data.tags["imbadv.device"],
+        trained.append((run.data.tags[names.TAG_THREADS], run.data.tags[names.TAG_DEVICE],
                         version.tags["weights_sha256"]))
     (threads_a, device_a, weights_a), (threads_b, device_b, weights_b), (threads_c, _, _) = trained
     assert (threads_a, threads_b, threads_c) == ("1", "1", "2") and device_a == device_b == "cpu"

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from imbadv.config import ConfigError
-from imbadv.tracking.names import TAG_BF16_NATIVE
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,16 +29,16 @@ def bf16_is_native(device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def check_bf16(device: torch.device, precision: str) -> dict[str, str]:
-    """Under bf16, the tag that records whether `device` runs it natively, and a warning on stderr
-    when it does not; nothing under fp32."""
+def check_bf16(device: torch.device, precision: str) -> bool | None:
+    """Under bf16, whether `device` runs it natively, with a warning on stderr when it does not;
+    None under fp32."""
     if precision != "bf16":
-        return {}
+        return None
     native = bf16_is_native(device)
     if not native:
         print(f"warning: --precision bf16 on {device}, which has no bf16 matrix units (no AVX512-BF16 or AMX): "
               "it runs far slower than fp32 here; pass --precision fp32", file=sys.stderr, flush=True)
-    return {TAG_BF16_NATIVE: str(native)}
+    return native
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

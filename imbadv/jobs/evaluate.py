@@ -24,7 +24,7 @@ from imbadv.core import metrics, plots
 from imbadv.core.attacks import fgsm_with_logits, run_attack
 from imbadv.core.data import ImageDataset
 from imbadv.core.export import OnnxMismatch, onnx_logits, onnx_session
-from imbadv.core.inference import autocast, check_bf16, predict_logits, resolve_device, set_layout, to_unit
+from imbadv.core.inference import autocast, predict_logits, resolve_device, set_layout, to_unit
 from imbadv.tracking import lifecycle, log, names, store
 from imbadv.jobs.shared import SharedWork, current, load_data, load_model, onnx_check_key
 from imbadv.tracking.registry import RegisteredModel, RegistryError
@@ -78,8 +78,8 @@ def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOu
             names.TAG_TARGET: f"{target.name}/{target.version}",
             names.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
             names.TAG_ATTACK: f"{config.attack}-{config.direction}", names.TAG_EPS: str(config.eps),
-            "imbadv.whitebox": str(source is target), "imbadv.device": str(device),
-            names.TAG_THREADS: str(torch.get_num_threads()), **check_bf16(device, config.precision)})
+            "imbadv.whitebox": str(source is target)})
+        log.log_device(device, config.precision)
         result = attack_test_set(target, source, dataset, config, device, shared)
         onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device, shared)
         per_class = _log_metrics_and_artifacts(result, onnx_pred, dataset, config)

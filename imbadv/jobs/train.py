@@ -27,7 +27,7 @@ from imbadv.core import metrics, plots
 from imbadv.core.data import DataError, ImageDataset, sha256_file
 from imbadv.core.group import TrainingGroup
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
-from imbadv.core.inference import check_bf16, predict_logits, resolve_device
+from imbadv.core.inference import predict_logits, resolve_device
 from imbadv.core.model import VGG, VGGSpec, keras_init_
 from imbadv.core.sampling import sample_split
 from imbadv.core.trainer import seed_everything, train
@@ -66,8 +66,7 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
                            tags={names.TAG_TRAIN_KEY: train_key(config)}) as run:
         log.log_config(config)
         device = resolve_device(config.device)
-        store.call(mlflow.set_tags, {"imbadv.device": str(device), names.TAG_THREADS: str(torch.get_num_threads()),
-                                     **check_bf16(device, config.precision)})
+        log.log_device(device, config.precision)
         dataset = load_data(shared, config.data, config.cache_dir)
         recorded = run.data.tags.get(names.TAG_DATASET_DIGEST)
         if recorded and recorded != dataset.digest:

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 
 from imbadv.config import as_params
 from imbadv.core.data import ImageDataset
+from imbadv.core.inference import check_bf16
 from imbadv.tracking import store
-from imbadv.tracking.names import CIFAR10_URL, CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, TAG_DATASET, TAG_DATASET_DIGEST
+from imbadv.tracking.names import (CIFAR10_URL, CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, TAG_BF16_NATIVE, TAG_DATASET,
+                                   TAG_DATASET_DIGEST, TAG_DEVICE, TAG_THREADS)
 
 
 def log_config(config: object) -> None:
@@ -34,6 +37,16 @@ def log_dataset(dataset: ImageDataset, context: str) -> None:
     store.call(mlflow.log_input, MetaDataset(source=source, name=dataset.name, digest=dataset.digest[:16]),
                context=context)
     store.call(mlflow.set_tags, {TAG_DATASET: dataset.name, TAG_DATASET_DIGEST: dataset.digest})
+
+
+def log_device(device: torch.device, precision: str) -> None:
+    """The device and CPU thread count the run computes on; under bf16, whether the device has bf16
+    matrix units (a warning on stderr when it has not)."""
+    tags = {TAG_DEVICE: str(device), TAG_THREADS: str(torch.get_num_threads())}
+    native = check_bf16(device, precision)
+    if native is not None:
+        tags[TAG_BF16_NATIVE] = str(native)
+    store.call(mlflow.set_tags, tags)
 
 
 def log_json(values: Any, artifact_path: str) -> None:

@@ -32,6 +32,7 @@ TAG_RAY_TASK = "imbadv.ray_task"  # the Ray task of a step: a retry of it resume
 TAG_GROUP_SIZE = "imbadv.group_size"  # a training's models trained side by side with it (itself included)
 TAG_INIT_SHA256 = "imbadv.init_sha256"  # a training's initial weights: equal only for the same model again
 TAG_THREADS = "imbadv.threads"  # torch's intra-op threads: bit-identical weights need the same count
+TAG_DEVICE = "imbadv.device"  # the torch device the run computed on
 TAG_BF16_NATIVE = "imbadv.bf16_native"  # under bf16: whether the device has bf16 matrix units
 
 # Artifact paths.
