@@ -151,7 +151,8 @@ def test_a_sigkilled_training_resumes_its_run_to_bit_identical_weights(
 def test_a_live_run_is_never_taken_over(store, small_data, session_cache):
     import mlflow
 
-    from imbadv.jobs.train import resumable_run, train_key
+    from imbadv.jobs.train import resumable_run
+    from imbadv.tracking.provenance import train_key
     from imbadv.config import resolve_train_config
 
     options = {"preset": "smoke", "data": str(small_data), "cache_dir": str(session_cache), "device": "cpu"}

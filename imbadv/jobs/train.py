@@ -6,7 +6,6 @@ with PyTorch on all but MAX_ONNX_DISAGREEMENT (0.1%) of the test images.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from imbadv.core.sampling import sample_split
 from imbadv.core.trainer import seed_everything, train
 from imbadv.jobs.shared import SharedWork, current, load_data, onnx_check_key
 from imbadv.tracking import lifecycle, liveness, log, names, provenance, registry, store
+from imbadv.tracking.provenance import train_key
 
 @dataclass(frozen=True)
 class TrainOutcome:
@@ -81,13 +81,6 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
                                      config.eval_batch_size)
         _log_test_metrics(test_logits.argmax(1).cpu().numpy(), dataset)
         return _export_and_register(config, dataset, network, test_logits, run.info.run_id, device, shared)
-
-
-def train_key(config: TrainConfig) -> str:
-    """Identity of a training: every config value but where it runs, and the code version."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "device")}
-    payload = json.dumps({"config": values, "code": provenance.code_version()}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def resumable_run(config: TrainConfig) -> str | None:

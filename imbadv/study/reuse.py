@@ -15,10 +15,10 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from imbadv.config import resolve_train_config
-from imbadv.jobs.train import train_key
 from imbadv.study.plan import Step, step_key
 from imbadv.study.schedule import Model, model_of
 from imbadv.tracking import names
+from imbadv.tracking.provenance import train_key
 
 
 class ReuseError(RuntimeError):

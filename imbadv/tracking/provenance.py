@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import json
 import platform
 import subprocess
 from importlib import metadata
@@ -60,3 +62,10 @@ def provenance_tags() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return tags
+
+
+def train_key(config: object) -> str:
+    """Identity of a training (a TrainConfig): every config value but where it runs, and the code version."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "device")}
+    payload = json.dumps({"config": values, "code": code_version()}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
