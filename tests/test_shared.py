@@ -114,3 +114,47 @@ def test_evaluations_sharing_their_work_log_what_each_logs_alone(store, small_da
         assert client.get_run(with_others.run_id).data.metrics == client.get_run(by_itself.run_id).data.metrics
         assert per_class(with_others.run_id) == per_class(by_itself.run_id)
     assert together[2].adv_acc < together[2].clean_acc or together[2].clean_acc == 0  # an attack happened
+
+
+def test_a_training_whose_test_pass_is_the_whitebox_gradient_pass_serves_that_evaluation(store, small_data,
+                                                                                         session_cache):
+    from mlflow.tracking import MlflowClient
+
+    from imbadv.jobs.evaluate import run_evaluate
+    from imbadv.jobs.train import run_train
+
+    whitebox = _smoke(small_data, session_cache, sampling="under", class_id=3, seed=0, eps=0.01, source="self")
+    worker = SharedWork()
+    trained = run_train(shared=worker, whitebox=whitebox, **_smoke(small_data, session_cache, sampling="under",
+                                                                   class_id=3))
+    plain = run_train(shared=SharedWork(), **_smoke(small_data, session_cache, sampling="under", class_id=3))
+    client = MlflowClient()
+    runs = {name: client.get_run(outcome.run_id).data for name, outcome in (("shared", trained), ("plain", plain))}
+    assert runs["shared"].tags["imbadv.test_pass"] == "fgsm-gradient"
+    assert runs["plain"].tags["imbadv.test_pass"] == "forward"
+    test_metrics = {name: {k: v for k, v in run.metrics.items() if k.startswith(("test_acc", "onnx_"))}
+                    for name, run in runs.items()}
+    assert test_metrics["shared"] == test_metrics["plain"] and "onnx_max_abs_diff" in test_metrics["plain"]
+
+    target = {"target_uri": f"models:/{trained.model_name}/{trained.version}"}
+    evaluations = [{**whitebox, **target}, {**whitebox, **target, "eps": 0.03, "direction": "descent"}]
+    together = [run_evaluate(shared=worker, **e) for e in evaluations]
+    assert worker.misses.get("gradient", 0) == 0 and worker.hits["gradient"] == 2  # no gradient pass of their own
+    alone = [run_evaluate(shared=SharedWork(), **e) for e in evaluations]
+    for with_training, by_itself in zip(together, alone, strict=True):
+        assert client.get_run(with_training.run_id).data.metrics == client.get_run(by_itself.run_id).data.metrics
+    assert together[0].adv_acc < together[0].clean_acc or together[0].clean_acc == 0
+
+
+def test_a_training_runs_a_plain_test_pass_when_the_attack_would_not_give_its_logits(store, small_data,
+                                                                                      session_cache):
+    from mlflow.tracking import MlflowClient
+
+    from imbadv.jobs.train import run_train
+
+    worker = SharedWork()
+    # channels_last changes the logits' rounding: the test pass stays the training's own
+    whitebox = _smoke(small_data, session_cache, seed=0, eps=0.01, source="self", channels_last=True)
+    trained = run_train(shared=worker, whitebox=whitebox, **_smoke(small_data, session_cache))
+    assert MlflowClient().get_run(trained.run_id).data.tags["imbadv.test_pass"] == "forward"
+    assert worker.misses.get("gradient", 0) == 0 and "gradient" not in worker._memo

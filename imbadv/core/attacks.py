@@ -73,9 +73,21 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: A
 def fgsm_with_logits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      config: AttackConfig, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """FGSM, also returning the model's clean logits from the gradient pass (saves a forward)."""
+    sign, logits = gradient_sign(model, images, labels, config, precision)
+    return fgsm_step(images, sign, config), logits
+
+
+def gradient_sign(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: AttackConfig,
+                  precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """(sign of FGSM's input gradient: -1, 0 or 1 per pixel, the clean logits); eps and direction
+    do not enter it."""
     grad, logits = input_gradient(model, images, attack_labels(labels, config), precision, config.attack_loss)
-    adversarial = images + _sign(config) * config.eps * grad.sign()
-    return adversarial.clamp_(0.0, 1.0), logits
+    return grad.sign(), logits
+
+
+def fgsm_step(images: torch.Tensor, sign: torch.Tensor, config: AttackConfig) -> torch.Tensor:
+    """clip(x +/- eps * sign, 0, 1): FGSM's step from a gradient's sign, in `config`'s direction."""
+    return (images + _sign(config) * config.eps * sign).clamp_(0.0, 1.0)
 
 
 def ifgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: AttackConfig,

@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 from imbadv.config import (INFERENCE_BATCH, AttackConfig, ConfigError, EvaluateConfig, model_label,
                            resolve_evaluate_config)
 from imbadv.core import metrics, plots
-from imbadv.core.attacks import fgsm_with_logits, run_attack
+from imbadv.core.attacks import run_attack
 from imbadv.core.data import ImageDataset
+from imbadv.core.gradient_pass import gradient_pass
 from imbadv.core.export import OnnxMismatch, onnx_logits, onnx_session
 from imbadv.core.inference import autocast, predict_logits, resolve_device, set_layout, to_unit
 from imbadv.tracking import lifecycle, log, names, store
-from imbadv.jobs.shared import SharedWork, current, load_data, load_model, onnx_check_key
+from imbadv.jobs.shared import SharedWork, current, gradient_key, load_data, load_model, onnx_check_key
 from imbadv.tracking.registry import RegisteredModel, RegistryError
 
 
@@ -142,7 +143,7 @@ def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: I
     clean_logits = shared.get("clean_logits", clean_key)
     adversarial_key = (source.uri, dataclasses.astuple(attack), *passes)
     if source is target:  # white-box: the target's own gradient
-        adversarial, grad_logits = _craft(target.network, images, labels, attack, config, clean_logits is None)
+        adversarial, grad_logits = _craft(target, images, labels, attack, config, device, dataset.digest, shared)
         if target.tags.get("sampling") == "balanced":  # the very set a black-box attack crafts from it
             shared.put("adversarial", adversarial_key, adversarial)
         if clean_logits is None:
@@ -151,7 +152,7 @@ def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: I
                                       _batched_logits(target.network, images, config))
     else:  # black-box: one adversarial set per source and attack, scored on every target
         adversarial = shared.get_or_compute("adversarial", adversarial_key, lambda: _craft(
-            source.network, images, labels, attack, config, want_logits=False)[0])
+            source, images, labels, attack, config, device, dataset.digest, shared)[0])
         if clean_logits is None:
             clean_logits = shared.put("clean_logits", clean_key, _batched_logits(target.network, images, config))
     adv_logits = _batched_logits(target.network, adversarial, config, unit=True)
@@ -161,33 +162,37 @@ def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: I
                         to_unit(images[shown]).cpu().numpy(), adversarial[shown].detach().cpu().numpy(), grid)
 
 
-def _batches(count: int, batch_size: int, desc: str) -> Any:
-    return tqdm(range(0, count, batch_size), desc=desc, unit="batch", leave=False, disable=None)
+def _batches(starts: range, desc: str) -> Any:
+    return tqdm(starts, desc=desc, unit="batch", leave=False, disable=None)
 
 
-def _craft(network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: AttackConfig,
-           config: EvaluateConfig, want_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Adversarial pixels for all uint8 `images`, batch by batch; with `want_logits` and FGSM, also the
-    clean logits of the gradient pass's forward (saves a forward)."""
-    adversarial, logits = [], []
-    with_logits = want_logits and config.attack == "fgsm"
-    for start in _batches(len(images), config.batch_size, "attack"):
+def _craft(model: RegisteredModel, images: torch.Tensor, labels: torch.Tensor, attack: AttackConfig,
+           config: EvaluateConfig, device: torch.device, dataset_digest: str,
+           shared: SharedWork) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Adversarial pixels for all uint8 `images` with `model`'s gradient, batch by batch; for FGSM also
+    the clean logits of the gradient pass's forward (saves a forward). An FGSM gradient pass is kept
+    in `shared` for the model's other eps and directions, and may come from its training's test pass.
+    """
+    if config.attack == "fgsm":
+        key = gradient_key(model.uri, attack, config.precision, config.channels_last, config.batch_size, device,
+                           dataset_digest)
+        found = shared.get_or_compute("gradient", key, lambda: gradient_pass(
+            model.network, images, labels, attack, config.precision, config.batch_size,
+            progress=lambda starts: _batches(starts, "attack")))
+        return found.adversarial(images, attack), found.logits
+    adversarial = []
+    for start in _batches(range(0, len(images), config.batch_size), "attack"):
         x = to_unit(images[start:start + config.batch_size])
         y = labels[start:start + config.batch_size]
-        if with_logits:
-            crafted, clean = fgsm_with_logits(network, x, y, attack, config.precision)
-            logits.append(clean)
-        else:
-            crafted = run_attack(network, x, y, attack, config.precision)
-        adversarial.append(crafted.detach())
-    return torch.cat(adversarial), (torch.cat(logits) if with_logits else None)
+        adversarial.append(run_attack(model.network, x, y, attack, config.precision).detach())
+    return torch.cat(adversarial), None
 
 
 def _batched_logits(network: torch.nn.Module, images: torch.Tensor, config: EvaluateConfig,
                     unit: bool = False) -> torch.Tensor:
     """Logits for uint8 `images` (or, with `unit`, float pixels in [0, 1]) in the attack's batches."""
     outputs = []
-    for start in _batches(len(images), config.batch_size, "score"):
+    for start in _batches(range(0, len(images), config.batch_size), "score"):
         batch = images[start:start + config.batch_size]
         outputs.append(_logits(network, batch if unit else to_unit(batch), config.precision))
     return torch.cat(outputs)

@@ -9,6 +9,9 @@ metrics and artifacts, but what they have in common is computed once per process
   black-box evaluations at every eps;
 - the black-box adversarial test set, crafted once per source version and attack settings from
   the balanced model's gradient with the true labels (section 3.2) and scored on every target;
+- a model's FGSM gradient pass over the test set (`imbadv.core.gradient_pass`): its sign and
+  clean logits serve every eps and direction; in a study, the training's test pass is that
+  gradient pass, so the model's white-box evaluation needs no gradient pass of its own;
 - the ONNX graph of an architecture: a later model of the same spec swaps its weights into the
   first one's graph instead of tracing it again.
 
@@ -29,6 +32,8 @@ _PINNED = re.compile(r"^models:/[^@/]+/\d+$")  # a version number, not an alias 
 # The adversarial sets kept per process: one per (source, eps) in flight; each is the whole test set
 # in float32 (10,000 CIFAR-10 images: 123 MB).
 MAX_ADVERSARIAL_SETS = 2
+# The gradient passes kept per process: every model of two seeds (7.7 MB each for CIFAR-10).
+MAX_GRADIENT_PASSES = 42
 
 
 def is_pinned(uri: str) -> bool:
@@ -40,7 +45,8 @@ def is_pinned(uri: str) -> bool:
 class SharedWork:
     """Per-process memo of shared work, by kind and key; `hits` and `misses` count lookups."""
 
-    limits: dict[str, int] = field(default_factory=lambda: {"adversarial": MAX_ADVERSARIAL_SETS})
+    limits: dict[str, int] = field(default_factory=lambda: {"adversarial": MAX_ADVERSARIAL_SETS,
+                                                                "gradient": MAX_GRADIENT_PASSES})
     hits: dict[str, int] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
     _memo: dict[str, OrderedDict[Hashable, Any]] = field(default_factory=dict)
@@ -115,6 +121,14 @@ def load_model(shared: SharedWork, uri: str, device: Any) -> Any:
         return load_registered(uri, device)
     return shared.get_or_compute("model", (mlflow.get_registry_uri(), uri, str(device)),
                                  lambda: load_registered(uri, device))
+
+
+def gradient_key(model_uri: str, attack: Any, precision: str, channels_last: bool, batch_size: int, device: Any,
+                 dataset_digest: str) -> tuple:
+    """The memo key of a model's FGSM gradient pass over the test set: what the sign depends on
+    (`attack`, an AttackConfig: its loss and labels, not its eps or direction) and how it was run."""
+    return (model_uri, attack.attack_loss, attack.target_label, precision, channels_last, batch_size, str(device),
+            dataset_digest)
 
 
 def onnx_check_key(onnx_sha256: str, batch_size: int, device: Any, dataset_digest: str) -> tuple:

@@ -21,16 +21,18 @@ import onnx
 import torch
 from mlflow.tracking import MlflowClient
 
-from imbadv.config import MAX_ONNX_DISAGREEMENT, TrainConfig, model_label, resolve_train_config
+from imbadv.config import (MAX_ONNX_DISAGREEMENT, EvaluateConfig, TrainConfig, model_label, resolve_evaluate_config,
+                           resolve_train_config)
 from imbadv.core import metrics, plots
 from imbadv.core.data import DataError, ImageDataset, sha256_file
 from imbadv.core.group import TrainingGroup
+from imbadv.core.gradient_pass import GradientPass, gradient_pass
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
 from imbadv.core.model import VGG, VGGSpec, keras_init_
 from imbadv.core.sampling import sample_split
 from imbadv.core.trainer import seed_everything, train
-from imbadv.jobs.shared import SharedWork, current, load_data, onnx_check_key
+from imbadv.jobs.shared import SharedWork, current, gradient_key, load_data, onnx_check_key
 from imbadv.tracking import lifecycle, liveness, log, names, provenance, registry, store
 from imbadv.tracking.provenance import train_key
 
@@ -49,7 +51,7 @@ def run_name(config: TrainConfig) -> str:
 
 
 def run_train(resume: str | None = None, shared: SharedWork | None = None, group: TrainingGroup | None = None,
-              **options: Any) -> TrainOutcome:
+              whitebox: dict[str, Any] | None = None, **options: Any) -> TrainOutcome:
     """Resolve the config from `options` (None = the preset's value) and run the whole train job.
 
     A run of the same config and code that was killed (RUNNING or KILLED) is resumed from its last
@@ -57,6 +59,9 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
     `shared` (default: this process's study memo, else nothing shared) gives the decoded data and
     the ONNX graph of an earlier model of the same architecture. With `group` (a study's shared
     engine runs each member in its own thread) the epochs run vectorised with the group's other models.
+    `whitebox`: the options of this model's white-box evaluation in a study; when that attack's
+    gradient pass computes the same logits as the test pass (`shares_gradient`), the test pass is
+    that gradient pass, kept in `shared` for the evaluation.
     """
     shared = current(shared)
     config = resolve_train_config(**options)  # bad options stop here, before any run exists
@@ -77,10 +82,36 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
         if group is not None:
             store.call(mlflow.set_tag, names.TAG_GROUP_SIZE, str(group.size))
         network = _train_network(config, dataset, device, checkpoint, group)
-        test_logits = predict_logits(network, torch.from_numpy(dataset.test_images).to(device),
-                                     config.eval_batch_size)
+        evaluation = resolve_evaluate_config(**whitebox) if whitebox else None
+        if evaluation is not None and not shares_gradient(evaluation):
+            evaluation = None
+        test_logits, gradient = _test_pass(network, dataset, config, device, evaluation)
+        store.call(mlflow.set_tag, names.TAG_TEST_PASS, "forward" if gradient is None else "fgsm-gradient")
         _log_test_metrics(test_logits.argmax(1).cpu().numpy(), dataset)
-        return _export_and_register(config, dataset, network, test_logits, run.info.run_id, device, shared)
+        outcome = _export_and_register(config, dataset, network, test_logits, run.info.run_id, device, shared)
+        if gradient is not None:  # for this model's white-box evaluations in this process
+            shared.put("gradient", gradient_key(f"models:/{outcome.model_name}/{outcome.version}",
+                                                evaluation.attack_config(), evaluation.precision,
+                                                evaluation.channels_last, evaluation.batch_size, device,
+                                                dataset.digest), gradient)
+        return outcome
+
+
+def shares_gradient(evaluation: EvaluateConfig) -> bool:
+    """Whether the evaluation's gradient pass gives the test pass's logits bit for bit: an FGSM in
+    fp32 and the default layout, as the test pass runs (logits do not depend on the batch size)."""
+    return evaluation.attack == "fgsm" and evaluation.precision == "fp32" and not evaluation.channels_last
+
+
+def _test_pass(network: VGG, dataset: ImageDataset, config: TrainConfig, device: torch.device,
+               evaluation: EvaluateConfig | None) -> tuple[torch.Tensor, GradientPass | None]:
+    """The test set's logits; with `evaluation`, from its attack's gradient pass, returned too."""
+    images = torch.from_numpy(dataset.test_images).to(device)
+    if evaluation is None:
+        return predict_logits(network, images, config.eval_batch_size), None
+    found = gradient_pass(network, images, torch.from_numpy(dataset.test_labels).to(device),
+                          evaluation.attack_config(), evaluation.precision, evaluation.batch_size)
+    return found.logits, found
 
 
 def resumable_run(config: TrainConfig) -> str | None:

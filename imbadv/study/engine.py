@@ -85,9 +85,11 @@ def _run_step(step: Step, parent_run_id: str, experiment_id: str, cache_dir: str
 
 
 def _run_training_group(steps: list[Step], parent_run_id: str, experiment_id: str, cache_dir: str, device: str,
-                        log_dir: str, threads: int) -> list[tuple[str, str | None, str | None]]:
+                        log_dir: str, threads: int, whitebox: dict[str, dict[str, Any]] | None = None,
+                        ) -> list[tuple[str, str | None, str | None]]:
     """Shared-engine worker: trainings side by side (`imbadv.core.group`), each its own run in its own
-    thread; (key, run id, error) each. They log to one file, linked under every step's key."""
+    thread; (key, run id, error) each. They log to one file, linked under every step's key.
+    `whitebox`: by step key, the options of the model's white-box evaluation (see `run_train`)."""
     from imbadv.core.group import TrainingGroup
     from imbadv.jobs.train import run_train
 
@@ -99,7 +101,8 @@ def _run_training_group(steps: list[Step], parent_run_id: str, experiment_id: st
         try:
             with lifecycle.step_tags(parent_run_id, step.key, {names.TAG_ENGINE: "shared",
                                                                names.TAG_EXECUTOR: "local"}):
-                run = run_train(**dict(step.options), cache_dir=cache_dir, device=device, group=group)
+                run = run_train(**dict(step.options), cache_dir=cache_dir, device=device, group=group,
+                                whitebox=(whitebox or {}).get(step.key))
             results[index] = (step.key, run.run_id, None)
         except Exception as error:  # this model's run is FAILED; the others go on
             results[index] = (step.key, None, first_line(error))
@@ -144,6 +147,18 @@ def _run_evaluations(steps: list[Step], parent_run_id: str, experiment_id: str, 
         except Exception as error:  # the step's run is FAILED; the other evaluations go on
             results.append((step.key, None, first_line(error)))
     return results
+
+
+def whitebox_options(steps: list[Step]) -> dict[str, dict[str, Any]]:
+    """By training step key, the options of the first white-box evaluation of the model it trains:
+    a shared-engine training runs that attack's gradient pass as its test pass (`run_train`)."""
+    evaluations: dict[Model, dict[str, Any]] = {}
+    for step in steps:
+        options = dict(step.options)
+        if step.entry == "evaluate" and options["source"] == "self":
+            evaluations.setdefault(model_of(options), options)
+    return {step.key: evaluations[model] for step in steps
+            if step.entry == "train" and (model := model_of(dict(step.options))) in evaluations}
 
 
 @dataclass
@@ -257,6 +272,7 @@ def _drive_pool(config: StudyConfig, pool: ProcessPoolExecutor, steps: list[Step
     bar = tqdm(total=len(steps), initial=len(steps) - len(todo), desc="study", unit="step")
     pending: dict[Future, list[Step]] = {}
     common = (outcome.parent_run_id, experiment_id, config.cache_dir, config.device, str(log_dir), threads)
+    whitebox = whitebox_options(steps) if shared else {}
     while True:
         for step, reason in schedule.take_blocked():
             outcome.failed.append(f"{step.label}: {reason}")
@@ -281,7 +297,9 @@ def _drive_pool(config: StudyConfig, pool: ProcessPoolExecutor, steps: list[Step
             if step.entry == "evaluate" and shared:
                 pending[pool.submit(_run_evaluations, group, *common)] = group
             elif len(group) > 1:
-                pending[pool.submit(_run_training_group, group, *common)] = group
+                pending[pool.submit(_run_training_group, group, *common, whitebox)] = group
+            elif step.key in whitebox:
+                pending[pool.submit(_run_step, step, *common, config.engine, whitebox=whitebox[step.key])] = group
             else:
                 pending[pool.submit(_run_step, step, *common, config.engine)] = group
         if not pending:

@@ -34,6 +34,7 @@ TAG_INIT_SHA256 = "imbadv.init_sha256"  # a training's initial weights: equal on
 TAG_THREADS = "imbadv.threads"  # torch's intra-op threads: bit-identical weights need the same count
 TAG_DEVICE = "imbadv.device"  # the torch device the run computed on
 TAG_BF16_NATIVE = "imbadv.bf16_native"  # under bf16: whether the device has bf16 matrix units
+TAG_TEST_PASS = "imbadv.test_pass"  # a training's test-set pass: forward, or the FGSM gradient pass it shares
 
 # Artifact paths.
 MODEL_ARTIFACT = "model"
