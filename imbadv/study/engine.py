@@ -128,7 +128,9 @@ def group_size(config: StudyConfig) -> int:
     """Trainings per training group: the option, else 10 on CUDA for a preset a group can run, else 1."""
     if config.group_trainings:
         return config.group_trainings
-    from imbadv.core.inference import resolve_device
+    if config.device == "cpu":
+        return 1
+    from imbadv.core.inference import resolve_device  # imports torch: only to ask for CUDA
 
     return 10 if resolve_device(config.device).type == "cuda" and groupable(config.preset) else 1
 
