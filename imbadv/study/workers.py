@@ -7,9 +7,11 @@ engine; an isolated-engine worker does all of that in its first step).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -39,6 +41,7 @@ def start(config: StudyConfig) -> Iterator[ProcessPoolExecutor]:
 
 def _start_worker(threads: int, data: str, cache_dir: str) -> None:
     """Shared-engine worker start: imports, threads, the store and the data, once for all its steps."""
+    atexit.register(_exit_without_teardown)  # before the imports: runs after the handlers they register
     import torch
 
     from imbadv.jobs import evaluate, train  # noqa: F401  (imported once, before the first step)
@@ -72,6 +75,16 @@ def keep_freed_memory() -> bool:
         return False
     return all(mallopt(option, value) == 1 for option, value in (
         (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))
+
+
+def _exit_without_teardown() -> None:
+    """A shared-engine worker's last exit handler: end the process once the exit handlers of torch,
+    MLflow and the rest have run, without tearing down every module and object one by one (about
+    2 s with what a worker holds, on the 2-core CPU); the system frees the memory at once. Every
+    step's run is ended, its log file closed and its result sent by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _warm() -> None:
