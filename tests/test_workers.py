@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from imbadv.study import workers
 
 def _leave_a_mark(path: str) -> int:
     """A step's own exit handler, registered after the worker started (as MLflow's and torch's are)."""
-    atexit.register(lambda: open(path, "w").write("ran"))
+    atexit.register(Path(path).write_text, "ran")
     return os.getpid()
 
 
