@@ -1,8 +1,10 @@
 """Training M models one after another against M models side by side in a group (imbadv.core.group):
 one epoch each over its own images, at the same batch, threads and device.
 
-Prints training images/s of both and the group's ratio to the loop. The `cpu` preset's model is
-the default; pass --width 64 --batch 32 for the paper's (on a GPU: --device cuda --precision bf16).
+Prints training images/s of both and the group's ratio to the loop; `--json PATH` writes them as
+JSON too (gpu_study.sh's preflight reads it to choose whether the study trains groups). The `cpu`
+preset's model is the default; pass --width 64 --batch 32 for the paper's (on a GPU: --device cuda
+--precision bf16).
 
     python benchmarks/bench_group.py --models 4 --images 2048 [--width 16 --batch 64] [--device cpu]
 """
@@ -10,6 +12,7 @@ the default; pass --width 64 --batch 32 for the paper's (on a GPU: --device cuda
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 
@@ -31,6 +34,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="rounds, each timing both (median reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", default=None, help="also write the images/s and the ratio to this JSON file")
     return parser.parse_args()
 
 
@@ -81,9 +85,18 @@ def main() -> None:
     base = sorted(seconds["loop"][1:])[len(seconds["loop"][1:]) // 2]
     print(f"{args.models} models x {args.images} images, width {args.width}, batch {args.batch}, {args.precision}, "
           f"{args.device}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    rates = {}
     for name in seconds:
         median = sorted(seconds[name][1:])[len(seconds[name][1:]) // 2]
-        print(f"{name:<6} {images / median:>9.0f} img/s  {base / median:.2f}x")
+        rates[name] = images / median
+        print(f"{name:<6} {rates[name]:>9.0f} img/s  {base / median:.2f}x")
+    if args.json:
+        summary = {"models": args.models, "images": args.images, "width": args.width, "batch": args.batch,
+                   "precision": args.precision, "device": str(device), "loop_images_per_s": round(rates["loop"], 1),
+                   "group_images_per_s": round(rates["group"], 1),
+                   "group_vs_loop": round(rates["group"] / rates["loop"], 3)}
+        with open(args.json, "w") as handle:
+            json.dump(summary, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,17 @@ def gpu_utilization(path: str | None) -> dict | None:
             "median_pct": statistics.median(utilization), "peak_memory_mib": max(m for _, m in samples)}
 
 
+def group_check(path: str | None, fallback: str | None) -> dict | None:
+    """The preflight's group-against-loop measurement, and why the study did not group, if it did not."""
+    if path is None and fallback is None:
+        return None
+    measured = {}
+    if path is not None:
+        with open(path) as handle:
+            measured = json.load(handle)
+    return {**measured, "fallback": fallback}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
@@ -64,6 +75,12 @@ def main() -> None:
                         help="seconds of the preflight training run before the study (not in the phases)")
     parser.add_argument("--budget-exceeded", action="store_true", help="the study was stopped by its time budget")
     parser.add_argument("--engine", default=None, help="the study engine, as given to imbadv reproduce")
+    parser.add_argument("--group-trainings", type=int, default=None,
+                        help="the --group-trainings the study ran with (after the preflight's check)")
+    parser.add_argument("--group-check", default=None,
+                        help="the preflight's training-group check (bench_group.py --json)")
+    parser.add_argument("--group-fallback", default=None,
+                        help="why the study trains one model at a time although groups were allowed")
     parser.add_argument("--gpu-samples", default=None,
                         help="nvidia-smi samples taken during the study: 'utilization %%, memory MiB' per line")
     parser.add_argument("--output", default=None, help="write the JSON here as well as to stdout")
@@ -110,6 +127,8 @@ def main() -> None:
                                         if phases["train"]["wall_s"] else None),
         "balanced_test_acc": balanced[0].data.metrics.get("test_acc") if balanced else None,
         "engine": args.engine,
+        "group_trainings": args.group_trainings,
+        "group_check": group_check(args.group_check, args.group_fallback),
         "onnx_providers": dict(Counter(r.data.tags.get(names.TAG_ONNX_PROVIDER, "unknown")
                                        for job in FULL_STUDY for r in runs[job] if r.info.status == "FINISHED")),
         "gpu_utilization": gpu_utilization(args.gpu_samples),

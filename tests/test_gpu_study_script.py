@@ -148,14 +148,45 @@ def test_a_folder_without_wheels_is_refused_before_anything_runs(tmp_path, sessi
     assert not (tmp_path / "out" / "mlflow.db").exists()
 
 
+def _grouped_runs(out: Path) -> list:
+    study_store = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=study_store, registry_uri=study_store)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`imbadv.group_size` = '2'")
+
+
 def test_a_grouped_study_checks_its_training_group_in_the_preflight(small_data, session_cache, tmp_path):
+    # a least ratio of 0: the group is kept however fast this machine runs it
     result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3,5", "--preflight", "1",
-                  "--group-trainings", "2", GROUP_CHECK_WIDTH="4")
+                  "--group-trainings", "2", GROUP_CHECK_WIDTH="4", GROUP_CHECK_MIN_RATIO="0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check = (tmp_path / "out" / "bench_group.txt").read_text()
     assert "loop" in check and "group" in check and "img/s" in check
-    study_store = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=study_store, registry_uri=study_store)
-    grouped = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                 "tags.`imbadv.group_size` = '2'")
-    assert len(grouped) == 4  # under-c3 with under-c5, over-c3 with over-c5
+    assert len(_grouped_runs(tmp_path / "out")) == 4  # under-c3 with under-c5, over-c3 with over-c5
+    timing = json.loads((tmp_path / "out" / "gpu_study.json").read_text())
+    assert timing["group_trainings"] == 2 and timing["group_check"]["fallback"] is None
+    assert timing["group_check"]["models"] == 2 and timing["group_check"]["group_vs_loop"] > 0
+
+
+def test_a_group_slower_than_one_model_at_a_time_is_not_used(small_data, session_cache, tmp_path):
+    # a least ratio no group reaches: the study trains one model at a time, and says why
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3,5", "--preflight", "1",
+                  "--group-trainings", "2", GROUP_CHECK_WIDTH="4", GROUP_CHECK_MIN_RATIO="1000")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "under 1000: the study trains one model at a time" in result.stderr
+    assert "--group-trainings 1" in result.stdout and not _grouped_runs(tmp_path / "out")
+    timing = json.loads((tmp_path / "out" / "gpu_study.json").read_text())
+    assert timing["group_trainings"] == 1 and "under 1000" in timing["group_check"]["fallback"]
+    assert timing["group_check"]["group_vs_loop"] < 1000
+    assert timing["phases"]["train"]["steps_finished"] == 5
+
+
+def test_a_failing_group_check_still_yields_a_study(small_data, session_cache, tmp_path):
+    # a width bench_group.py refuses makes the check fail; the budget stops the study at once
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3,5", "--preflight", "1",
+                  "--group-trainings", "2", "--budget", "2", GROUP_CHECK_WIDTH="none")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "training-group check failed" in result.stderr and "one model at a time" in result.stderr
+    assert "study: preset smoke" in result.stdout and "--group-trainings 1" in result.stdout
+    timing = json.loads((tmp_path / "out" / "gpu_study.json").read_text())
+    assert timing["group_trainings"] == 1 and "check failed" in timing["group_check"]["fallback"]
+    assert "group_vs_loop" not in timing["group_check"]
