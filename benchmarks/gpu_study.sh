@@ -5,7 +5,7 @@
 # duration and summary metrics (benchmarks/study_runs.py).
 #
 #   benchmarks/gpu_study.sh [--device cuda] [--preset paper-fast] [--data cifar10|PATH] [--classes all]
-#                           [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR] [--preflight 1]
+#                           [--seeds 1] [--jobs 4] [--budget 540] [--out gpu-study] [--kit DIR] [--preflight 1]
 #                           [--engine shared] [--group-trainings 0] [--train-options KEY=VALUE,...]
 #
 # --kit DIR (made by gpu/gpu_kit.sh) installs DIR's wheels beside the machine's own packages, without
@@ -21,7 +21,8 @@
 # and says why: the device call still yields a study. The JSON records the choice (group_trainings,
 # group_check).
 # --budget caps the study's seconds (default 540: 9 minutes). If it runs out, the study is stopped,
-# and the JSON extrapolates each phase from its finished steps and says so. --jobs independent
+# and the JSON extrapolates each phase from its finished steps and says so. --seeds N runs seeds 0 to
+# N-1 (21 trainings and 41 evaluations each), timed together. --jobs independent
 # steps share the device, each in its own process; --engine (shared, the default, or isolated) and
 # --group-trainings (0: auto, 10 on CUDA for a preset without torch.compile such as paper-group) are
 # imbadv reproduce's, as is --train-options (e.g. stopping=val-loss: the trainings stop early on the
@@ -30,11 +31,11 @@
 #   benchmarks/gpu_study.sh --device cpu --preset smoke --data ../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz
 set -euo pipefail
 
-DEVICE=cuda PRESET=paper-fast DATA="" CLASSES=all JOBS=4 BUDGET=540 OUT=gpu-study KIT="" PREFLIGHT=1 ENGINE=shared GROUP=0
+DEVICE=cuda PRESET=paper-fast DATA="" CLASSES=all SEEDS=1 JOBS=4 BUDGET=540 OUT=gpu-study KIT="" PREFLIGHT=1 ENGINE=shared GROUP=0
 TRAIN_OPTIONS="" GROUP_FALLBACK="" GROUP_CHECK=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --device) DEVICE=$2 ;; --preset) PRESET=$2 ;; --data) DATA=$2 ;; --classes) CLASSES=$2 ;;
+    --device) DEVICE=$2 ;; --preset) PRESET=$2 ;; --data) DATA=$2 ;; --classes) CLASSES=$2 ;; --seeds) SEEDS=$2 ;;
     --jobs) JOBS=$2 ;; --budget) BUDGET=$2 ;; --out) OUT=$2 ;; --kit) KIT=$2 ;; --preflight) PREFLIGHT=$2 ;;
     --engine) ENGINE=$2 ;; --group-trainings) GROUP=$2 ;; --train-options) TRAIN_OPTIONS=$2 ;;
     *) echo "gpu_study.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
@@ -83,7 +84,7 @@ if [ "$PREFLIGHT" = 1 ]; then
   PREFLIGHT_ARGS=(--preflight-seconds "$(seconds_since "$START_MS")")
   echo "preflight: passed in ${PREFLIGHT_ARGS[1]}s"
 fi
-echo "study: preset $PRESET, device $DEVICE, data $DATA, classes $CLASSES, $JOBS jobs, $ENGINE engine," \
+echo "study: preset $PRESET, device $DEVICE, data $DATA, classes $CLASSES, $SEEDS seed(s), $JOBS jobs, $ENGINE engine," \
   "--group-trainings $GROUP, budget ${BUDGET}s -> $OUT"
 
 NVIDIA_SMI="${NVIDIA_SMI:-nvidia-smi}"
@@ -97,7 +98,7 @@ fi
 EXCEEDED=()
 STATUS=0
 timeout --signal=INT --kill-after=30 "$BUDGET" "$PYTHON" -m imbadv reproduce --preset "$PRESET" --data "$DATA" \
-  --device "$DEVICE" --classes "$CLASSES" --jobs "$JOBS" --engine "$ENGINE" \
+  --device "$DEVICE" --classes "$CLASSES" --seeds "$SEEDS" --jobs "$JOBS" --engine "$ENGINE" \
   --group-trainings "$GROUP" ${TRAIN_OPTIONS:+--train-options "$TRAIN_OPTIONS"} || STATUS=$?
 [ -z "$SAMPLER" ] || { kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; }
 if [ "$STATUS" = 124 ] || [ "$STATUS" = 137 ]; then
@@ -114,7 +115,7 @@ if [ "$STATUS" = 0 ]; then
   "$PYTHON" -m imbadv report --preset "$PRESET" --data "$DATA" --output-dir "$OUT/reports"
   REPORT=(--report-seconds "$(seconds_since "$START_MS")")
 fi
-"$PYTHON" "$HERE/study_timing.py" --preset "$PRESET" --data "$DATA" --output "$OUT/gpu_study.json" \
+"$PYTHON" "$HERE/study_timing.py" --preset "$PRESET" --data "$DATA" --seeds "$SEEDS" --output "$OUT/gpu_study.json" \
   --engine "$ENGINE" --group-trainings "$GROUP" "${REPORT[@]}" "${EXCEEDED[@]}" "${PREFLIGHT_ARGS[@]}" \
   "${SAMPLES[@]}" "${GROUP_CHECK[@]}"
 "$PYTHON" "$(dirname "$0")/study_runs.py" --output "$OUT/runs.csv"

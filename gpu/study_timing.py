@@ -1,13 +1,14 @@
 """Wall time per phase of a study, read from its runs in the tracking store, as JSON.
 
 Phases are spans of the runs' own start and end times: training (the 21 models per seed),
-evaluation (the attack runs), and the report (timed by the caller). When only part of the study
+evaluation (the attack runs), and the report (timed by the caller), over the runs of seeds 0 to
+`--seeds` - 1. When only part of the study
 finished (a budget ran out, or `--classes` picked a subset), each phase is extrapolated to the
 whole study from its mean time per finished step, and the JSON says so. A preflight training run
 before the study (gpu_study.sh) is reported apart, as `preflight_s`.
 
     MLFLOW_TRACKING_URI=sqlite:///study/mlflow.db python gpu/study_timing.py --preset paper-fast \
-        --data cifar10 [--report-seconds 12.3] [--output study.json]
+        --data cifar10 [--seeds 1] [--report-seconds 12.3] [--output study.json]
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
     parser.add_argument("--data", required=True, help="as given to imbadv reproduce")
+    parser.add_argument("--seeds", type=int, default=1, help="as given to imbadv reproduce: seeds 0 to N-1")
     parser.add_argument("--report-seconds", type=float, default=None)
     parser.add_argument("--preflight-seconds", type=float, default=None,
                         help="seconds of the preflight training run before the study (not in the phases)")
@@ -88,20 +90,23 @@ def main() -> None:
 
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = {job: client.search_runs(experiments, max_results=5000, filter_string=(
+    runs = {job: [r for r in client.search_runs(experiments, max_results=5000, filter_string=(
         f"tags.`{names.TAG_JOB}` = '{job}' and params.`config.preset` = '{args.preset}' "
-        f"and params.`config.data` = '{args.data}'")) for job in FULL_STUDY}
+        f"and params.`config.data` = '{args.data}'")) if int(r.data.params["config.seed"]) < args.seeds]
+            for job in FULL_STUDY}
     phases = {job: phase(found) for job, found in runs.items()}
 
     trained = [r for r in runs["train"] if r.info.status == "FINISHED"]
     image_epochs = sum(float(r.data.params.get("train_images", 0)) * r.data.metrics.get("epochs_run", 0)
                        for r in trained)
     train_seconds = sum((r.info.end_time - r.info.start_time) / 1000 for r in trained)
-    balanced = [r for r in trained if r.data.params.get("config.sampling") == "balanced"]
+    accuracies = {int(r.data.params["config.seed"]): r.data.metrics["test_acc"] for r in trained
+                  if r.data.params.get("config.sampling") == "balanced" and "test_acc" in r.data.metrics}
+    accuracies = dict(sorted(accuracies.items()))
 
     extrapolated = False
-    for job, full in FULL_STUDY.items():
-        done = phases[job]["steps_finished"]
+    for job, per_seed in FULL_STUDY.items():
+        done, full = phases[job]["steps_finished"], per_seed * args.seeds
         phases[job]["steps_in_full_study"] = full
         if done == 0:  # nothing to extrapolate from
             phases[job]["wall_s_full_study_estimate"] = None
@@ -116,7 +121,7 @@ def main() -> None:
     total = None if None in estimates else sum(estimates)
 
     result = {
-        "preset": args.preset, "data": args.data, "phases": phases,
+        "preset": args.preset, "data": args.data, "seeds": args.seeds, "phases": phases,
         "total_wall_s_full_study": None if total is None else round(total, 1),
         "extrapolated": extrapolated or args.budget_exceeded,
         "note": ("only part of the study finished; full-study times are extrapolated from the mean time per "
@@ -125,7 +130,8 @@ def main() -> None:
         "train_images_per_s": round(image_epochs / train_seconds, 1) if train_seconds else None,  # per process
         "train_images_per_s_all_jobs": (round(image_epochs / phases["train"]["wall_s"], 1)
                                         if phases["train"]["wall_s"] else None),
-        "balanced_test_acc": balanced[0].data.metrics.get("test_acc") if balanced else None,
+        "balanced_test_acc": statistics.mean(accuracies.values()) if accuracies else None,  # over seeds
+        "balanced_test_acc_per_seed": accuracies,
         "engine": args.engine,
         "group_trainings": args.group_trainings,
         "group_check": group_check(args.group_check, args.group_fallback),

@@ -36,8 +36,8 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     sampler = tmp_path / "nvidia-smi"
     sampler.write_text("#!/usr/bin/env bash\nwhile true; do echo '40, 1000'; echo '60, 3000'; sleep 0.2; done\n")
     sampler.chmod(0o755)
-    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--preflight", "1", "--jobs", "2",
-                  "--train-options", "stopping=val-loss", NVIDIA_SMI=str(sampler))
+    result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--seeds", "2", "--preflight", "1",
+                  "--jobs", "2", "--train-options", "stopping=val-loss", NVIDIA_SMI=str(sampler))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study_store = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=study_store, registry_uri=study_store)
@@ -45,7 +45,8 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     trained_at = {f"{v.name}/{v.version}": client.get_run(v.run_id).info.end_time
                   for v in client.search_model_versions()}
     trainings = [r for r in runs if r.data.tags.get("imbadv.job") == "train"]
-    assert len(trainings) == 3 and all(r.data.params["config.stopping"] == "val-loss" for r in trainings)
+    assert len(trainings) == 6 and all(r.data.params["config.stopping"] == "val-loss" for r in trainings)
+    assert sorted(int(r.data.params["config.seed"]) for r in trainings) == [0, 0, 0, 1, 1, 1]
     for run in (r for r in runs if r.data.tags.get("imbadv.job") == "evaluate"):  # each after its models
         models = {run.data.tags["imbadv.target"], run.data.tags["imbadv.source"]} - {"self"}
         assert all(trained_at[m] <= run.info.start_time for m in models), run.info.run_name
@@ -53,16 +54,22 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     assert timing["preflight_s"] > 0 and "preflight: passed" in result.stdout
     with sqlite3.connect(tmp_path / "out" / "preflight.db") as scratch:  # the preflight ran in its own store
         assert scratch.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0] == 1
-    assert timing["phases"]["train"]["steps_finished"] == 3  # balanced, under-c3, over-c3
-    assert timing["phases"]["evaluate"]["steps_finished"] == 5
+    assert timing["seeds"] == 2
+    assert timing["phases"]["train"]["steps_finished"] == 6  # balanced, under-c3, over-c3 of each seed
+    assert timing["phases"]["evaluate"]["steps_finished"] == 10
+    assert timing["phases"]["train"]["steps_in_full_study"] == 42
+    assert timing["phases"]["evaluate"]["steps_in_full_study"] == 82
     assert timing["extrapolated"] is True and "extrapolated" in timing["note"]
     train = timing["phases"]["train"]
-    assert train["wall_s_full_study_estimate"] == pytest.approx(train["wall_s"] * 21 / 3, abs=0.2)
+    assert train["wall_s_full_study_estimate"] == pytest.approx(train["wall_s"] * 42 / 6, abs=0.2)
     assert timing["phases"]["report"]["wall_s"] > 0 and timing["total_wall_s_full_study"] > 0
     assert timing["train_images_per_s"] > 0 and 0 <= timing["balanced_test_acc"] <= 1
+    per_seed = timing["balanced_test_acc_per_seed"]
+    assert sorted(per_seed) == ["0", "1"]
+    assert timing["balanced_test_acc"] == pytest.approx(sum(per_seed.values()) / 2)
     assert timing["train_images_per_s_all_jobs"] > 0
     assert timing["torch"] and timing["device"]
-    assert timing["engine"] == "shared" and timing["onnx_providers"] == {"CPUExecutionProvider": 8}
+    assert timing["engine"] == "shared" and timing["onnx_providers"] == {"CPUExecutionProvider": 16}
     utilization = timing["gpu_utilization"]
     assert utilization["samples"] >= 2 and utilization["mean_pct"] == pytest.approx(50, abs=10)
     assert utilization["peak_memory_mib"] == 3000
@@ -70,7 +77,7 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     with open(tmp_path / "out" / "runs.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     jobs = [row["imbadv.job"] for row in rows]
-    assert jobs.count("train") == 3 and jobs.count("evaluate") == 5 and jobs.count("study") == 1
+    assert jobs.count("train") == 6 and jobs.count("evaluate") == 10 and jobs.count("study") == 1
     assert all(row["status"] == "FINISHED" and float(row["run_s"]) > 0 for row in rows)
     assert all(0 <= float(row["clean_acc"]) <= 1 for row in rows if row["imbadv.job"] == "evaluate")
 
