@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import threading
 import time
 
@@ -82,14 +83,11 @@ def main() -> None:
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - start)
     images = args.models * args.images
-    base = sorted(seconds["loop"][1:])[len(seconds["loop"][1:]) // 2]
+    rates = {name: images / statistics.median_high(timed[1:]) for name, timed in seconds.items()}
     print(f"{args.models} models x {args.images} images, width {args.width}, batch {args.batch}, {args.precision}, "
           f"{args.device}, {torch.get_num_threads()} threads, median of {args.repeats}")
-    rates = {}
-    for name in seconds:
-        median = sorted(seconds[name][1:])[len(seconds[name][1:]) // 2]
-        rates[name] = images / median
-        print(f"{name:<6} {rates[name]:>9.0f} img/s  {base / median:.2f}x")
+    for name, rate in rates.items():
+        print(f"{name:<6} {rate:>9.0f} img/s  {rate / rates['loop']:.2f}x")
     if args.json:
         summary = {"models": args.models, "images": args.images, "width": args.width, "batch": args.batch,
                    "precision": args.precision, "device": str(device), "loop_images_per_s": round(rates["loop"], 1),

@@ -100,9 +100,8 @@ def main() -> None:
     image_epochs = sum(float(r.data.params.get("train_images", 0)) * r.data.metrics.get("epochs_run", 0)
                        for r in trained)
     train_seconds = sum((r.info.end_time - r.info.start_time) / 1000 for r in trained)
-    accuracies = {int(r.data.params["config.seed"]): r.data.metrics["test_acc"] for r in trained
-                  if r.data.params.get("config.sampling") == "balanced" and "test_acc" in r.data.metrics}
-    accuracies = dict(sorted(accuracies.items()))
+    accuracies = dict(sorted((int(r.data.params["config.seed"]), r.data.metrics["test_acc"]) for r in trained
+                             if r.data.params.get("config.sampling") == "balanced" and "test_acc" in r.data.metrics))
 
     extrapolated = False
     for job, per_seed in FULL_STUDY.items():
