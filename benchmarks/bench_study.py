@@ -8,6 +8,9 @@ gets the same torch thread count (the thread count changes float results). Round
 order of the engines; the median of the rounds is reported.
 
     python benchmarks/bench_study.py --preset smoke --classes 3,5 [--jobs 1] [--rounds 1]
+
+`--train-options` reaches both engines' trainings alike (e.g. `precision=bf16`), so the engines are
+compared at any explicit setting.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--train-options", default="", help="as `imbadv reproduce --train-options`, for both engines")
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds, each running both engines")
     parser.add_argument("--cache-dir", default=os.environ.get("IMBADV_CACHE", str(Path.home() / ".cache" / "imbadv")))
     parser.add_argument("--keep", help="folder for the stores (default: a temporary one, removed)")
@@ -52,6 +56,8 @@ def run_study(args: argparse.Namespace, engine: str, folder: Path) -> float:
     command = [sys.executable, "-m", "imbadv", "reproduce", "--preset", args.preset, "--data", args.data,
                "--classes", args.classes, "--seeds", str(args.seeds), "--jobs", str(args.jobs),
                "--device", args.device, "--engine", engine]
+    if args.train_options:
+        command += ["--train-options", args.train_options]
     start = time.perf_counter()
     with (folder / "study.log").open("w") as log:
         result = subprocess.run(command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
@@ -114,7 +120,7 @@ def main() -> None:
                                                              results(args, root / "shared-0"))
     base = statistics.median(seconds["isolated"])
     print(f"\nstudy: preset {args.preset}, classes {args.classes}, seeds {args.seeds}, jobs {args.jobs}, "
-          f"device {args.device}, {args.rounds} round(s)")
+          f"device {args.device}, train options {args.train_options or 'none'}, {args.rounds} round(s)")
     print(f"{'engine':<10} {'wall s':>8} {'speed-up':>9}")
     for engine in ENGINES:
         median = statistics.median(seconds[engine])
