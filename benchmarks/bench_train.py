@@ -2,7 +2,8 @@
 
 Result (2 CPU cores, VGG width 16, batch 64, --images 2048 --repeats 5): against the plain loop's 1,200 img/s,
 the imbadv trainer in fp32 trains 1.14x the images/s (the in-memory ceiling: 1.15x), fp32 channels_last (the
-cpu preset) 1.38x, bf16 1.73x, bf16 channels_last 2.13x. Details: benchmarks/README.md.
+cpu preset) 1.38x, bf16 1.73x, bf16 channels_last 2.13x. torch.compile of the channels_last step is slower
+here (0.76x eager at one thread). Details: benchmarks/README.md.
 
 Same model, batch, images, optimiser and threads, measured side by side in one run, fp32 unless
 stated. Ours keeps the uint8 images in one tensor on the device and indexes batches there. The
@@ -51,11 +52,12 @@ def main() -> None:
     images, labels = test_images(args, train=True)
     config = TrainConfig(preset="cpu", width=args.width, batch_size=args.batch, lr=1e-3, epochs=1, patience=1)
 
-    def ours(precision: str = "fp32", channels_last: bool = False):
+    def ours(precision: str = "fp32", channels_last: bool = False, torch_compile: bool = False):
         network = model(args.width)
         x, y = torch.from_numpy(images), torch.from_numpy(labels)
         train(network, x, y, x[:args.batch], y[:args.batch],
-              dataclasses.replace(config, precision=precision, channels_last=channels_last))
+              dataclasses.replace(config, precision=precision, channels_last=channels_last,
+                                  torch_compile=torch_compile))
 
     loader = DataLoader(ArrayDataset(images, labels), batch_size=args.batch, shuffle=True, num_workers=0)
 
@@ -84,6 +86,8 @@ def main() -> None:
                      "plain loop: normalized float tensor in memory": lambda: plain_loop(in_memory_batches),
                      "imbadv trainer, fp32": ours,
                      "imbadv trainer, fp32 channels_last (cpu preset)": lambda: ours(channels_last=True),
+                     "imbadv trainer, fp32 channels_last, torch.compile": lambda: ours(channels_last=True,
+                                                                                        torch_compile=True),
                      "imbadv trainer, bf16 autocast": lambda: ours("bf16"),
                      "imbadv trainer, bf16 channels_last": lambda: ours("bf16", True)}, args.repeats)
     print_table(f"Training epoch, VGG width {args.width}, batch {args.batch}", len(images), seconds,
