@@ -52,12 +52,11 @@ def main() -> None:
     images, labels = test_images(args, train=True)
     config = TrainConfig(preset="cpu", width=args.width, batch_size=args.batch, lr=1e-3, epochs=1, patience=1)
 
-    def ours(precision: str = "fp32", channels_last: bool = False, torch_compile: bool = False):
+    def ours(**options):
+        """One epoch of imbadv's trainer with `options` (TrainConfig fields) over the cpu preset's config."""
         network = model(args.width)
         x, y = torch.from_numpy(images), torch.from_numpy(labels)
-        train(network, x, y, x[:args.batch], y[:args.batch],
-              dataclasses.replace(config, precision=precision, channels_last=channels_last,
-                                  torch_compile=torch_compile))
+        train(network, x, y, x[:args.batch], y[:args.batch], dataclasses.replace(config, **options))
 
     loader = DataLoader(ArrayDataset(images, labels), batch_size=args.batch, shuffle=True, num_workers=0)
 
@@ -86,10 +85,11 @@ def main() -> None:
                      "plain loop: normalized float tensor in memory": lambda: plain_loop(in_memory_batches),
                      "imbadv trainer, fp32": ours,
                      "imbadv trainer, fp32 channels_last (cpu preset)": lambda: ours(channels_last=True),
-                     "imbadv trainer, fp32 channels_last, torch.compile": lambda: ours(channels_last=True,
-                                                                                        torch_compile=True),
-                     "imbadv trainer, bf16 autocast": lambda: ours("bf16"),
-                     "imbadv trainer, bf16 channels_last": lambda: ours("bf16", True)}, args.repeats)
+                     "imbadv trainer, fp32 channels_last, torch.compile":
+                         lambda: ours(channels_last=True, torch_compile=True),
+                     "imbadv trainer, bf16 autocast": lambda: ours(precision="bf16"),
+                     "imbadv trainer, bf16 channels_last": lambda: ours(precision="bf16", channels_last=True)},
+                    args.repeats)
     print_table(f"Training epoch, VGG width {args.width}, batch {args.batch}", len(images), seconds,
                 "plain loop: DataLoader, ToTensor + Normalize")
 
