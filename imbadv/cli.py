@@ -226,6 +226,23 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+@app.command("ui")
+def ui(port: int = typer.Option(5000, help="Port of the UI (default: 5000, as mlflow ui).", show_default=False),
+       host: str = typer.Option("127.0.0.1", show_default=False,
+                                help="Address to listen on (default: 127.0.0.1, this machine only)."),
+       open_browser: bool = typer.Option(False, "--open/--no-open", show_default=False,
+                                         help="Open the runs in a browser (default: print the URL only).")) -> None:
+    """Start the MLflow UI on imbadv's tracking store and print the URL of the imbadv runs; Ctrl-C stops it."""
+    from imbadv.tracking import ui as tracking_ui
+
+    with _one_line_errors():
+        try:
+            tracking_ui.serve(host, port, open_browser, typer.echo)
+        except tracking_ui.UiError as error:
+            typer.echo(f"imbadv: error: {error}", err=True)
+            raise typer.Exit(code=1) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI on `argv` (default: sys.argv), dropping options given as empty strings.
 

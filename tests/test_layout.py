@@ -55,7 +55,8 @@ def test_the_layer_check_sees_a_violation(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["reproduce", "--help"],
-                                  ["report", "--help"], ["models", "--help"]])
+                                  ["report", "--help"], ["models", "--help"],
+                                  ["ui", "--help"]])
 def test_help_imports_neither_mlflow_nor_torch(args):
     code = ("import sys\nfrom imbadv.cli import main\nsys.argv = ['imbadv', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
