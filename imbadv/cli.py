@@ -19,8 +19,9 @@ from typing import Any, Optional
 
 import typer
 
-from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, StudyConfig, TrainConfig,
-                           parse_class_id, preset_values, resolve_evaluate_config, resolve_train_config)
+from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, TrainConfig, parse_class_id, preset_values,
+                           resolve_evaluate_config, resolve_train_config)
+from imbadv.study.config import StudyConfig
 
 app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)

@@ -1,8 +1,8 @@
-"""Typed configs for the jobs (train, evaluate) and the study (reproduce), and the named presets.
+"""Typed configs for the jobs (train, evaluate), the named presets, and the checks they share.
 
 Every default is the paper's where the paper states one (Possas and Zhou, section 3); the others
 are marked "not in the paper". CLI options, MLproject parameters and presets are views of these
-dataclasses: the defaults live here and nowhere else.
+dataclasses: the defaults live here and nowhere else (the study's: `imbadv.study.config`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 Sampling = Literal["balanced", "under", "over"]
 Precision = Literal["fp32", "bf16"]
 AttackName = Literal["fgsm", "ifgsm"]
 Direction = Literal["ascent", "descent"]
-Engine = Literal["shared", "isolated"]
-Executor = Literal["local", "ray"]
 Init = Literal["keras", "torch"]
 AttackLoss = Literal["logits", "keras"]
 Stopping = Literal["train-loss", "val-loss"]
@@ -66,6 +64,17 @@ def first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
 
 
+def check_choices(config: Any) -> None:
+    """Refuse any field typed as a Literal whose value is not one of its choices, naming them."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        hint, value = hints[item.name], getattr(config, item.name)
+        if get_origin(hint) is Literal and value not in get_args(hint):
+            choices = [str(c) for c in get_args(hint)]
+            listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+            raise ConfigError(f"unknown --{item.name.replace('_', '-')} {value!r}: use {listed}")
+
+
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
@@ -101,8 +110,7 @@ class ModelSelection:
     device: str = field(default="auto", metadata=_help("'auto' (CUDA when present), 'cpu' or 'cuda'."))
 
     def __post_init__(self) -> None:
-        if self.sampling not in get_args(Sampling):
-            raise ConfigError(f"unknown sampling {self.sampling!r}: use one of balanced, under, over")
+        check_choices(self)
         check_preset(self.preset)
         if self.sampling == "balanced" and self.class_id is not None:
             raise ConfigError("sampling=balanced takes no class id: drop --class-id or use under/over")
@@ -149,14 +157,13 @@ class TrainConfig(ModelSelection):
         "Per-update learning-rate decay, lr / (1 + decay * t) (section 3.1: 1e-5, Keras 2 semantics)."))
     init: Init = field(default="keras", metadata=_help(
         "Initial conv and dense weights: 'keras' (Keras 2's glorot_uniform kernels and zero biases, the "
-        "authors' stack) or 'torch' (torch's kaiming_uniform(a=sqrt(5)) and uniform biases; imbadv before "
-        "December 2026)."))
+        "authors' stack) or 'torch' (torch's kaiming_uniform(a=sqrt(5)) and uniform biases)."))
     epochs: int = field(default=100, metadata=_help(
         "Cap on epochs; training stops earlier by the --stopping rule."))
     stopping: Stopping = field(default="train-loss", metadata=_help(
         "When a model has trained enough. 'train-loss' (the paper's 'until convergence', section 3.1): "
         "stop once the training loss has not fallen by more than --min-delta for --patience epochs, and keep "
-        "the last weights. 'val-loss' (imbadv before December 2026): stop once the held-out loss has not "
+        "the last weights. 'val-loss': stop once the held-out loss has not "
         "fallen for --patience epochs, and keep the weights of its lowest epoch (with --val-fraction 0: every "
         "epoch runs)."))
     patience: int = field(default=5, metadata=_help(
@@ -174,8 +181,8 @@ class TrainConfig(ModelSelection):
         "of about a minute; fp32 results equal up to rounding)."))
     eval_batch_size: int = field(default=INFERENCE_BATCH, metadata=_help("Batch for validation and test inference."))
     shared_init: bool = field(default=False, metadata=_help(
-        "Initialise and shuffle with --seed itself, so that the 21 models of a seed start from the same weights "
-        "(imbadv before 2026-12); by default each model has its own seed, derived from (seed, sampling, class), "
+        "Initialise and shuffle with --seed itself, so that the 21 models of a seed start from the same weights; "
+        "by default each model has its own seed, derived from (seed, sampling, class), "
         "as each of the paper's unseeded Keras models had its own start."))
 
     def __post_init__(self) -> None:
@@ -185,22 +192,14 @@ class TrainConfig(ModelSelection):
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val fraction {self.val_fraction} is outside [0, 1): pass e.g. --val-fraction 0.1, "
                               "or 0 to train on every sampled image")
-        if self.stopping not in get_args(Stopping):
-            raise ConfigError(f"unknown stopping rule {self.stopping!r}: use train-loss or val-loss")
         if self.min_delta < 0:
             raise ConfigError(f"min delta {self.min_delta} is negative: pass e.g. --min-delta 0.001")
-        if self.init not in get_args(Init):
-            raise ConfigError(f"unknown init {self.init!r}: use keras or torch")
         for name in ("dropout", "block_dropout", "dense_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} {getattr(self, name)} is outside [0, 1): pass e.g. "
                                   f"--{name.replace('_', '-')} 0.5")
-        if self.augment not in get_args(Augment):
-            raise ConfigError(f"unknown augmentation {self.augment!r}: use none, keras or crop")
         if self.lr <= 0 or self.decay < 0:
             raise ConfigError("lr must be > 0 and decay >= 0: pass e.g. --lr 1e-4 --decay 1e-5")
-        if self.precision not in get_args(Precision):
-            raise ConfigError(f"unknown precision {self.precision!r}: use fp32 or bf16")
 
     @property
     def init_seed(self) -> int:
@@ -234,18 +233,13 @@ class AttackConfig:
         "is exactly zero on images the model is that sure of: how the authors' Keras may have computed it)."))
 
     def __post_init__(self) -> None:
-        if self.attack not in get_args(AttackName):
-            raise ConfigError(f"unknown attack {self.attack!r}: use fgsm or ifgsm")
-        if self.direction not in get_args(Direction):
-            raise ConfigError(f"unknown direction {self.direction!r}: use ascent or descent")
+        check_choices(self)
         if not 0.0 <= self.eps <= 1.0:
             raise ConfigError(f"eps {self.eps} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
         if self.steps < 1:
             raise ConfigError(f"steps {self.steps} is below 1: pass --steps 1 or more")
         if self.step_size is not None and self.step_size <= 0:
             raise ConfigError(f"step size {self.step_size} is not positive: pass e.g. --step-size 0.002")
-        if self.attack_loss not in get_args(AttackLoss):
-            raise ConfigError(f"unknown attack loss {self.attack_loss!r}: use logits or keras")
         if self.target_label is not None and self.target_label < 0:
             raise ConfigError(f"target label {self.target_label} is negative: pass a label from 0 to classes-1")
 
@@ -281,8 +275,6 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         ModelSelection.__post_init__(self)
         AttackConfig.__post_init__(self)
         _positive(self, "batch_size")
-        if self.precision not in get_args(Precision):
-            raise ConfigError(f"unknown precision {self.precision!r}: use fp32 or bf16")
         for name in ("target_uri", "source_uri"):
             value = getattr(self, name)
             if value is not None and not value.startswith("models:/"):
@@ -295,150 +287,6 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         """The attack part alone, as the pure attack functions take it."""
         names = {f.name for f in dataclasses.fields(AttackConfig)}
         return AttackConfig(**{n: getattr(self, n) for n in names})
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """A study: the paper's 21 models and 50 attacked combinations, per seed and eps (section 4)."""
-
-    preset: str = field(default=ModelSelection.preset, metadata={
-        "help": "Preset of every model (paper, paper-fast, paper-group, paper-aug, paper-aug-fast, cpu, smoke)."})
-    seeds: int = field(default=1, metadata={"help": "Seeds per configuration (first-seed .. first-seed+seeds-1)."})
-    first_seed: int = field(default=0, metadata={"help": (
-        "The study's first seed: e.g. --first-seed 1 --seeds 2 runs seeds 1 and 2 (in a store of their own, "
-        "then `imbadv report --results` combines its report's results.json with seed 0's).")})
-    data: str = field(default=ModelSelection.data, metadata={"help": "Data source, as for train."})
-    eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
-        "help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})
-    classes: str = field(default="all", metadata={"help": "'all', or comma-separated class ids or CIFAR-10 names."})
-    jobs: int = field(default=1, metadata={"help": "Steps run at once, each in its own process."})
-    force: bool = field(default=False, metadata={"help": "Rerun steps even when a finished run matches."})
-    shared_init: bool = field(default=False, metadata={"help": (
-        "Start all models of a seed from the same weights and batch order, as train's --shared-init.")})
-    attack_loss: AttackLoss = field(default=AttackConfig.attack_loss, metadata={"help": (
-        "The evaluations' attack loss, as evaluate's --attack-loss (logits or keras); the trainings are "
-        "the same either way, so a second study with the other loss reuses them.")})
-    train_options: str = field(default="", metadata={"help": (
-        "Training options set on every model of the study, comma-separated KEY=VALUE as train's options "
-        "(e.g. init=torch,stopping=val-loss), for ablations; part of the study's identity, so each set of "
-        "options is a study of its own.")})
-    engine: Engine = field(default="shared", metadata={"help": (
-        "'shared': long-lived workers that load data and models once and share each target's clean pass, "
-        "ONNX check and the black-box adversarial sets between its evaluations (same results); 'isolated': "
-        "every step computes all it needs itself.")})
-    group_trainings: int = field(default=0, metadata={"help": (
-        "Trainings of one kind (equally many images) trained side by side in one shared-engine worker, "
-        "vectorised: 0 = auto (10 on CUDA with a preset without torch.compile or augmentation, else 1), "
-        "1 = each alone. Grouped models equal alone-trained ones up to float32 rounding, not bit for bit.")})
-    executor: Executor = field(default="local", metadata={"help": (
-        "'local': worker processes on this machine; 'ray': each step a task on a Ray cluster (--ray-address), "
-        "with the same reuse, resume and results.")})
-    ray_address: str = field(default="", metadata={"help": (
-        "The Ray cluster to join with --executor ray (default: $RAY_ADDRESS, else a Ray instance started on "
-        "this machine).")})
-    gpus_per_training: float = field(default=0.0, metadata={"help": (
-        "With --executor ray: the GPU share each training asks Ray for (0.25 runs four at once on one GPU); "
-        "0: none, on CPU nodes.")})
-    cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "Cache, as for train."})
-    device: str = field(default=ModelSelection.device, metadata={"help": "'auto', 'cpu' or 'cuda'."})
-
-    def __post_init__(self) -> None:
-        check_preset(self.preset)
-        if self.executor not in get_args(Executor):
-            raise ConfigError(f"unknown executor {self.executor!r}: use local or ray")
-        if self.executor == "ray" and self.group_trainings > 1:
-            raise ConfigError("training groups run on the local executor: pass --group-trainings 1 with "
-                              "--executor ray")
-        if not 0.0 <= self.gpus_per_training <= 1.0:
-            raise ConfigError(f"gpus per training {self.gpus_per_training} is outside [0, 1]: pass e.g. "
-                              "--gpus-per-training 0.25")
-        if self.attack_loss not in get_args(AttackLoss):
-            raise ConfigError(f"unknown attack loss {self.attack_loss!r}: use logits or keras")
-        if self.group_trainings < 0:
-            raise ConfigError(f"group trainings {self.group_trainings} is negative: pass 0 (auto), 1 or more")
-        if self.group_trainings > 1 and self.engine != "shared":
-            raise ConfigError("training groups run on the shared engine: drop --engine isolated or pass "
-                              "--group-trainings 1")
-        if self.group_trainings > 1 and not groupable(self.preset):
-            raise ConfigError(f"preset {self.preset} uses torch.compile or augmentation, which a training group "
-                              "does not run: pass --group-trainings 1 or a preset without them (paper-group)")
-        resolve_train_config(preset=self.preset, **self.training_overrides)  # a bad value stops the study here
-        if self.engine not in get_args(Engine):
-            raise ConfigError(f"unknown engine {self.engine!r}: use shared or isolated")
-        if self.seeds < 1 or self.jobs < 1:
-            raise ConfigError("seeds and jobs must be 1 or more: pass e.g. --seeds 1 --jobs 1")
-        if self.first_seed < 0:
-            raise ConfigError(f"first seed {self.first_seed} is negative: pass --first-seed 0 or more")
-        for value in self.eps_values:
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
-
-    @property
-    def training_overrides(self) -> dict[str, Any]:
-        """`train_options` as typed TrainConfig values: {} when empty."""
-        return parse_train_options(self.train_options)
-
-    @property
-    def seed_values(self) -> range:
-        return range(self.first_seed, self.first_seed + self.seeds)
-
-    @property
-    def eps_values(self) -> tuple[float, ...]:
-        try:
-            return tuple(float(v) for v in self.eps.split(",") if v.strip())
-        except ValueError as error:
-            raise ConfigError(f"eps {self.eps!r} is not a number or a comma-separated list: pass e.g. "
-                              "--eps 0.01,0.02") from error
-
-    def class_ids(self, num_classes: int | None) -> tuple[int, ...]:
-        """The study's classes; with `num_classes` None (dataset not loaded yet) ids are parsed, not range-checked."""
-        if self.classes == "all":
-            return tuple(range(num_classes or 0))
-        try:
-            ids = tuple(parse_class_id(v) for v in self.classes.split(","))
-        except ConfigError as error:
-            raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids or CIFAR-10 class names: "
-                              "pass e.g. --classes 3,5 or --classes cat,dog") from error
-        if negative := [c for c in ids if c < 0]:
-            raise ConfigError(f"class ids {negative} are negative: pass ids from 0 (or CIFAR-10 class names)")
-        bad = [c for c in ids if num_classes is not None and c >= num_classes]
-        if bad:
-            raise ConfigError(f"class ids {bad} are outside this dataset's {num_classes} classes: pass ids "
-                              f"from 0 to {num_classes - 1}")
-        return ids
-
-
-# What a study sets itself for each training, so --train-options may not.
-STUDY_TRAINING_FIELDS = ("sampling", "class_id", "seed", "preset", "data", "cache_dir", "device", "shared_init")
-
-
-def parse_train_options(text: str) -> dict[str, Any]:
-    """'init=torch,epochs=12' -> {'init': 'torch', 'epochs': 12}, each value typed as its TrainConfig field."""
-    hints = typing.get_type_hints(TrainConfig)
-    options: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in hints or key in STUDY_TRAINING_FIELDS:
-            allowed = sorted(set(hints) - set(STUDY_TRAINING_FIELDS))
-            raise ConfigError(f"train option {item!r} is not KEY=VALUE with a train option as KEY: use one of "
-                              f"{', '.join(allowed)}, e.g. --train-options init=torch,epochs=12")
-        options[key] = _typed(hints[key], value.strip(), key)
-    return options
-
-
-def _typed(hint: Any, value: str, key: str) -> Any:
-    kind = next((t for t in (bool, int, float) if hint is t or t in get_args(hint)), str)
-    if kind is bool:
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ConfigError(f"train option {key}={value} is not true or false: pass {key}=true or {key}=false")
-        return value.lower() in ("true", "1")
-    try:
-        return kind(value)
-    except ValueError:
-        article = "an" if kind is int else "a"
-        raise ConfigError(f"train option {key}={value} is not {article} {kind.__name__}: pass e.g. "
-                          f"{key}={getattr(TrainConfig, key)}") from None
 
 
 def _positive(config: object, *names: str) -> None:
@@ -474,12 +322,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"width": 8, "dense_units": 64, "majority_count": 100, "minority_count": 20,
               "batch_size": 8, "lr": 1e-3, "epochs": 2, "patience": 2},
 }
-
-
-def groupable(preset: str) -> bool:
-    """Whether a preset's trainings can run in a training group (no torch.compile, no augmentation)."""
-    values = PRESETS.get(preset, {})
-    return not values.get("torch_compile") and values.get("augment", "none") == "none"
 
 
 def check_preset(preset: str) -> None:

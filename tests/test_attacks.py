@@ -12,6 +12,7 @@ from torch import nn
 from imbadv.core.attacks import fgsm, fgsm_with_logits, ifgsm, input_gradient, run_attack
 from imbadv.config import AttackConfig, ConfigError
 from imbadv.core.model import VGG, VGGSpec
+from imbadv.tracking.provenance import CODE_PARTS
 
 N_IMAGES = 16
 
@@ -410,10 +411,10 @@ def test_keras_loss_leaves_an_image_the_model_is_sure_of_unperturbed_and_follows
 
 
 def test_a_keras_loss_study_attacks_with_it_and_reuses_the_same_trainings():
-    from imbadv.config import StudyConfig
+    from imbadv.study.config import StudyConfig
     from imbadv.study.plan import plan
 
-    keras = plan(StudyConfig(preset="smoke", classes="3", attack_loss="keras"), 10, "d", "c")
-    logits = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", "c")
+    keras = plan(StudyConfig(preset="smoke", classes="3", attack_loss="keras"), 10, "d", dict.fromkeys(CODE_PARTS, "c"))
+    logits = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", dict.fromkeys(CODE_PARTS, "c"))
     assert {dict(s.options)["attack_loss"] for s in keras if s.entry == "evaluate"} == {"keras"}
     assert [s.key for s in keras if s.entry == "train"] == [s.key for s in logits if s.entry == "train"]

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from imbadv.config import ConfigError, groupable, resolve_train_config
+from imbadv.config import ConfigError, resolve_train_config
+from imbadv.study.config import groupable
 from imbadv.core.augment import EpochDraws, draw_epoch, shift_and_flip
 from imbadv.core.model import VGG, VGGSpec
 
@@ -83,7 +84,7 @@ def test_paper_aug_is_the_paper_with_keras_augmentation_and_dropout():
     assert (config.width, config.lr, config.batch_size, config.epochs) == (paper.width, paper.lr, paper.batch_size,
                                                                             paper.epochs)
     assert not groupable("paper-aug") and not groupable("paper-aug-fast") and groupable("paper")
-    with pytest.raises(ConfigError, match="unknown augmentation 'flip': use none, keras or crop"):
+    with pytest.raises(ConfigError, match="unknown --augment 'flip': use none, keras or crop"):
         resolve_train_config(augment="flip")
     with pytest.raises(ConfigError, match=r"block-dropout 1\.0 is outside"):
         resolve_train_config(block_dropout=1.0)

@@ -72,7 +72,7 @@ def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str, bool]]:
     (not_a_tree / "cat.jpg").write_bytes(b"")
     base = ["--preset", "smoke", "--device", "cpu"]
     return [
-        (["train", *base, "--data", str(data), "--sampling", "sideways"], "unknown sampling 'sideways'", False),
+        (["train", *base, "--data", str(data), "--sampling", "sideways"], "unknown --sampling 'sideways'", False),
         (["train", "--preset", "huge", "--data", str(data)], "unknown preset 'huge'", False),
         (["train", *base, "--data", str(data), "--sampling", "over"], "needs a class", False),
         (["evaluate", *base, "--data", str(data), "--eps", "-0.1"], "eps -0.1 is outside [0, 1]", False),
@@ -169,7 +169,8 @@ def test_a_class_may_be_named_and_an_unknown_name_is_a_one_line_error(store, sma
                                  "--sampling", "under", "--class-id", "kat", "--cache-dir", str(session_cache)])
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, "unknown class 'kat': pass a class id (0-9 for CIFAR-10) or a CIFAR-10")
-    from imbadv.config import StudyConfig, parse_class_id
+    from imbadv.config import parse_class_id
+    from imbadv.study.config import StudyConfig
 
     assert parse_class_id("cat") == 3 and parse_class_id("Truck") == 9 and parse_class_id("5") == 5
     assert StudyConfig(classes="cat,dog").class_ids(10) == (3, 5)
@@ -181,4 +182,4 @@ def test_a_bad_option_fails_before_torch_and_mlflow_load():
             "    print('EXIT', e.code, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow'}))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "EXIT 1 []" in result.stdout, result.stdout + result.stderr[-2000:]
-    assert_one_error_line(result.stderr, "unknown sampling 'Over'")
+    assert_one_error_line(result.stderr, "unknown --sampling 'Over': use balanced, under or over")

@@ -21,12 +21,12 @@ from imbadv.config import (
     PRESETS,
     AttackConfig,
     ModelSelection,
-    StudyConfig,
     TrainConfig,
     resolve_evaluate_config,
     resolve_train_config,
 )
 from imbadv.core import inference
+from imbadv.study.config import StudyConfig
 from imbadv.core.inference import predict_logits, set_layout
 from imbadv.core.model import VGG, VGGSpec
 from imbadv.core.optim import keras_rmsprop

@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imbadv.config import StudyConfig, resolve_train_config
-from imbadv.jobs.train import initial_network, run_train, weights_sha256
+from imbadv.config import resolve_train_config
+from imbadv.study.config import StudyConfig
+from imbadv.core.model import weights_sha256
+from imbadv.core.trainer import initial_network
+from imbadv.jobs.train import run_train
 from imbadv.study.plan import plan
 from imbadv.tracking import names
+from imbadv.tracking.provenance import CODE_PARTS
 
 
 def _models(**options) -> list:
@@ -33,10 +37,10 @@ def test_shared_init_starts_every_model_of_a_seed_from_the_seeds_weights(one_thr
 
 
 def test_a_study_passes_shared_init_to_its_trainings_only():
-    steps = plan(StudyConfig(preset="smoke", classes="3", shared_init=True), 10, "d", "c")
+    steps = plan(StudyConfig(preset="smoke", classes="3", shared_init=True), 10, "d", dict.fromkeys(CODE_PARTS, "c"))
     assert all(dict(s.options).get("shared_init") is True for s in steps if s.entry == "train")
     assert all("shared_init" not in dict(s.options) for s in steps if s.entry == "evaluate")
-    independent = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", "c")
+    independent = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", dict.fromkeys(CODE_PARTS, "c"))
     assert {s.key for s in steps if s.entry == "train"}.isdisjoint(s.key for s in independent)  # trained afresh
 
 

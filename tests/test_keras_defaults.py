@@ -14,7 +14,7 @@ from imbadv.config import ConfigError, resolve_train_config
 from imbadv.core.model import VGG, VGGSpec, keras_init_
 from imbadv.core.sampling import sample_split
 from imbadv.core.trainer import train
-from imbadv.jobs.train import initial_network
+from imbadv.core.trainer import initial_network
 
 SPEC = VGGSpec(num_classes=10, width=16, dense_units=64)
 
@@ -47,7 +47,7 @@ def test_the_train_job_starts_from_keras_init_unless_asked_for_torchs(one_thread
     assert all(torch.count_nonzero(layer.bias) == 0 for layer in _layers(keras))
     assert all(torch.count_nonzero(layer.bias) > 0 for layer in _layers(torch_default))
     assert resolve_train_config().optimizer_eps == 1e-8  # Keras 2.0.0-2.1.2
-    with pytest.raises(ConfigError, match="unknown init"):
+    with pytest.raises(ConfigError, match="unknown --init"):
         resolve_train_config(init="he")
 
 
@@ -97,7 +97,7 @@ def test_training_to_convergence_stops_when_the_training_loss_levels_off_and_kee
 
 
 def test_stopping_rule_and_min_delta_are_checked():
-    with pytest.raises(ConfigError, match="unknown stopping rule 'loss': use train-loss or val-loss"):
+    with pytest.raises(ConfigError, match="unknown --stopping 'loss': use train-loss or val-loss"):
         resolve_train_config(stopping="loss")
     with pytest.raises(ConfigError, match=r"min delta -1\.0 is negative"):
         resolve_train_config(min_delta=-1.0)

@@ -30,7 +30,7 @@ def _imported_modules(path: Path) -> set[str]:
             modules |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             modules.add(node.module)
-            modules |= {f"{node.module}.{alias.name}" for alias in node.names if node.module == "imbadv"}
+            modules |= {f"{node.module}.{alias.name}" for alias in node.names}  # a module of a package, maybe
     return modules
 
 
@@ -39,6 +39,40 @@ def test_each_layer_imports_only_the_layers_below_it(layer):
     for path in sorted((PACKAGE / layer).glob("*.py")):
         layers = {m.split(".")[1] for m in _imported_modules(path) if m.startswith("imbadv.")}
         assert layers <= ALLOWED[layer], f"{path.relative_to(PACKAGE.parent)} imports imbadv.{layers - ALLOWED[layer]}"
+
+
+def _cycle(folder: Path, package: str) -> list[str]:
+    """An import cycle among the modules of one package folder (each name once, then the first again), or []."""
+    modules = {path.stem: path for path in folder.glob("*.py") if path.stem != "__init__"}
+    imports = {name: sorted({m.removeprefix(package + ".").split(".")[0] for m in _imported_modules(path)
+                             if m.startswith(package + ".")} & set(modules) - {name})
+               for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str]:
+        if name in path:
+            return [*path[path.index(name):], name]
+        if name in done:
+            return []
+        for imported in imports[name]:
+            if found := visit(imported, [*path, name]):
+                return found
+        done.add(name)
+        return []
+
+    return next((found for name in sorted(modules) if (found := visit(name, []))), [])
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_no_layer_has_an_import_cycle_inside_it(layer):
+    assert _cycle(PACKAGE / layer, f"imbadv.{layer}") == []
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path):
+    (tmp_path / "engine.py").write_text("from imbadv.study import executor\n")
+    (tmp_path / "executor.py").write_text("def f():\n    from imbadv.study.engine import run\n")
+    (tmp_path / "plan.py").write_text("import json\n")
+    assert _cycle(tmp_path, "imbadv.study") == ["engine", "executor", "engine"]
 
 
 def test_the_core_and_the_configs_import_no_mlflow():

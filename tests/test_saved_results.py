@@ -14,8 +14,10 @@ from imbadv.report.analysis import table1
 from imbadv.report.output import run_report_from_files, write_report
 from imbadv.report.saved import ResultsFileError, read_results_files, write_results_file
 from imbadv.study.plan import plan
-from imbadv.config import ConfigError, StudyConfig
+from imbadv.config import ConfigError
+from imbadv.study.config import StudyConfig
 from imbadv.tracking.results import Evaluation, StudyResults
+from imbadv.tracking.provenance import CODE_PARTS
 
 NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -121,12 +123,13 @@ def test_report_from_files_is_one_line_error_and_writes_nothing(tmp_path):
 
 
 def test_first_seed_plans_the_seeds_after_it():
-    steps = plan(StudyConfig(preset="smoke", first_seed=1, seeds=2, classes="3"), 10, "d", "c")
+    code = dict.fromkeys(CODE_PARTS, "c")
+    steps = plan(StudyConfig(preset="smoke", first_seed=1, seeds=2, classes="3"), 10, "d", code)
     assert {dict(s.options)["seed"] for s in steps} == {1, 2}
-    alone = {s.key for s in plan(StudyConfig(preset="smoke", seeds=3, classes="3"), 10, "d", "c")}
+    alone = {s.key for s in plan(StudyConfig(preset="smoke", seeds=3, classes="3"), 10, "d", code)}
     assert {s.key for s in steps} < alone  # the same steps as in a study of seeds 0 to 2
     with pytest.raises(ConfigError, match="first seed -1 is negative"):
-        plan(StudyConfig(preset="smoke", first_seed=-1), 10, "d", "c")
+        plan(StudyConfig(preset="smoke", first_seed=-1), 10, "d", dict.fromkeys(CODE_PARTS, "c"))
 
 
 def test_results_file_keeps_every_metric_exactly(tmp_path):

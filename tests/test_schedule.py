@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from imbadv.study.schedule import Schedule, model_of, models_needed
-from imbadv.config import StudyConfig
+from imbadv.study.config import StudyConfig
 from imbadv.study.plan import plan
+from imbadv.tracking.provenance import CODE_PARTS
 
 
 def _plan(classes: str = "3,5"):
-    return plan(StudyConfig(preset="smoke", classes=classes), 10, "digest", "commit")
+    return plan(StudyConfig(preset="smoke", classes=classes), 10, "digest", dict.fromkeys(CODE_PARTS, "commit"))
 
 
 def _take_all_ready(schedule: Schedule) -> list:
@@ -72,7 +73,8 @@ def test_models_finished_by_an_earlier_run_count_as_trained():
 
 
 def test_the_ready_evaluations_of_one_target_are_taken_together_and_leave_the_schedule():
-    schedule = Schedule(plan(StudyConfig(preset="smoke", classes="3", eps="0.01,0.03"), 10, "d", "c"), trained=set())
+    steps = plan(StudyConfig(preset="smoke", classes="3", eps="0.01,0.03"), 10, "d", dict.fromkeys(CODE_PARTS, "c"))
+    schedule = Schedule(steps, trained=set())
     trainings = _take_all_ready(schedule)
     under3 = next(s for s in trainings if model_of(dict(s.options)) == (0, "under", 3))
     schedule.finished(under3, succeeded=True)

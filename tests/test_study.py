@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import typing
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,22 +20,35 @@ from conftest import complete
 
 from imbadv.tracking import names
 from imbadv.config import ConfigError
-from imbadv.config import StudyConfig
+from imbadv.study.config import StudyConfig
 from imbadv.study.plan import plan
+from imbadv.tracking.provenance import CODE_PARTS
+
+COMMIT = dict.fromkeys(CODE_PARTS, "commit")
 
 
 def test_plan_has_the_papers_21_models_and_41_evaluations_per_seed_and_eps():
-    steps = plan(StudyConfig(preset="smoke"), 10, "digest", "commit")
+    steps = plan(StudyConfig(preset="smoke"), 10, "digest", COMMIT)
     trainings = [s for s in steps if s.entry == "train"]
     evaluations = [s for s in steps if s.entry == "evaluate"]
     assert len(trainings) == 21 and len(evaluations) == 41
     assert Counter(dict(s.options)["source"] for s in evaluations) == {"self": 21, "balanced": 20}
     assert len({s.key for s in steps}) == len(steps)
-    sweep = plan(StudyConfig(preset="smoke", seeds=2, eps="0.01,0.03"), 10, "digest", "commit")
+    sweep = plan(StudyConfig(preset="smoke", seeds=2, eps="0.01,0.03"), 10, "digest", COMMIT)
     assert sum(s.entry == "train" for s in sweep) == 42 and sum(s.entry == "evaluate" for s in sweep) == 164
-    assert {s.key for s in plan(StudyConfig(preset="smoke"), 10, "digest", "other-commit")}.isdisjoint(
-        {s.key for s in steps})  # a new code version reruns
-    assert len(plan(StudyConfig(preset="smoke", classes="3,5"), 10, "d", "c")) == 5 + 9
+    assert {s.key for s in plan(StudyConfig(preset="smoke"), 10, "digest", dict.fromkeys(CODE_PARTS, "other"))
+            }.isdisjoint({s.key for s in steps})  # a new code version reruns
+    assert len(plan(StudyConfig(preset="smoke", classes="3,5"), 10, "d", COMMIT)) == 5 + 9
+
+
+def test_a_steps_key_follows_only_the_code_of_its_own_entry_point():
+    steps = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", COMMIT)
+    new_attacks = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", {**COMMIT, "evaluate": "edited"})
+    new_trainer = plan(StudyConfig(preset="smoke", classes="3"), 10, "d", {**COMMIT, "train": "edited"})
+    for entry, kept, rerun in (("train", new_attacks, new_trainer), ("evaluate", new_trainer, new_attacks)):
+        keys = [s.key for s in steps if s.entry == entry]
+        assert [s.key for s in kept if s.entry == entry] == keys
+        assert {s.key for s in rerun if s.entry == entry}.isdisjoint(keys)
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -42,25 +56,25 @@ def test_plan_has_the_papers_21_models_and_41_evaluations_per_seed_and_eps():
     ({"preset": "nope"}, "unknown preset"), ({"jobs": 0}, "must be 1 or more")])
 def test_bad_study_options(options, message):
     with pytest.raises(ConfigError, match=message):
-        plan(StudyConfig(**options), 10, "d", "c")
+        plan(StudyConfig(**options), 10, "d", COMMIT)
 
 
 def test_train_options_reach_every_training_of_the_study_and_only_the_trainings():
     """An ablation study: one changed training option, the same evaluations, a study of its own."""
     config = StudyConfig(preset="smoke", classes="3", train_options="init=torch, stopping=val-loss,epochs=3")
-    steps = plan(config, 10, "d", "c")
+    steps = plan(config, 10, "d", COMMIT)
     trainings = [dict(s.options) for s in steps if s.entry == "train"]
     assert len(trainings) == 3 and all(t["init"] == "torch" and t["stopping"] == "val-loss" and t["epochs"] == 3
                                        for t in trainings)
     assert all("init" not in dict(s.options) for s in steps if s.entry == "evaluate")
-    default_keys = {s.key for s in plan(StudyConfig(preset="smoke", classes="3"), 10, "d", "c")}
+    default_keys = {s.key for s in plan(StudyConfig(preset="smoke", classes="3"), 10, "d", COMMIT)}
     assert default_keys.isdisjoint(s.key for s in steps if s.entry == "train")
 
 
 @pytest.mark.parametrize(("options", "message"), [
     ("init", "not KEY=VALUE"), ("colour=red", "not KEY=VALUE with a train option"),
     ("seed=3", "not KEY=VALUE with a train option"), ("epochs=many", "epochs=many is not an int"),
-    ("channels_last=maybe", "is not true or false"), ("init=he", "unknown init 'he'")])
+    ("channels_last=maybe", "is not true or false"), ("init=he", "unknown --init 'he': use keras or torch")])
 def test_bad_train_options_stop_the_study_before_it_starts(options, message):
     with pytest.raises(ConfigError, match=message):
         StudyConfig(preset="smoke", train_options=options)
@@ -268,3 +282,43 @@ def test_training_groups_need_the_shared_engine_and_a_preset_without_compile():
     with pytest.raises(ConfigError, match="paper-group"):
         StudyConfig(group_trainings=2, preset="paper-fast")
     assert StudyConfig(group_trainings=2, preset="paper-group").group_trainings == 2
+
+
+@pytest.mark.parametrize(("options", "refused"), [
+    ({"executor": "ray", "jobs": 2}, "--jobs applies to --executor local only"),
+    ({"executor": "ray", "group_trainings": 2}, "--group-trainings applies to --executor local only"),
+    ({"cpus_per_step": 2}, "--cpus-per-step applies to --executor ray only"),
+    ({"gpus_per_training": 0.5}, "--gpus-per-training applies to --executor ray only"),
+    ({"ray_address": "127.0.0.1:6379"}, "--ray-address applies to --executor ray only")])
+def test_an_option_the_executor_cannot_honour_is_refused(options, refused):
+    with pytest.raises(ConfigError, match=refused):
+        StudyConfig(**options)
+
+
+def test_each_executor_takes_its_own_options_and_runs_either_engine():
+    assert StudyConfig(executor="ray", engine="isolated", cpus_per_step=4, group_trainings=1).cpus_per_step == 4
+    assert StudyConfig(jobs=2, group_trainings=2, preset="paper-group").jobs == 2
+
+
+def test_a_ray_step_asks_for_what_the_clusters_nodes_have_not_the_submitting_machines_cores():
+    from imbadv.study import local_executor, ray_executor
+
+    one_cpu_nodes = [{"CPU": 1.0}, {"CPU": 1.0}]
+    default = StudyConfig(executor="ray")
+    ray_executor.check_resources(default, one_cpu_nodes)  # whatever this machine's cores
+    assert ray_executor.threads(default) == 1
+    assert local_executor.threads(StudyConfig(jobs=1)) == (os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match=r"asks for 2 CPUs .* the largest Ray node has 1: pass --cpus-per-step 1"):
+        ray_executor.check_resources(StudyConfig(executor="ray", cpus_per_step=2), one_cpu_nodes)
+    with pytest.raises(ConfigError, match="no Ray node has one"):
+        ray_executor.check_resources(StudyConfig(executor="ray", gpus_per_training=0.25), one_cpu_nodes)
+    ray_executor.check_resources(StudyConfig(executor="ray", gpus_per_training=0.25), [{"CPU": 4.0, "GPU": 1.0}])
+
+
+def test_every_executor_in_the_table_has_the_interface_the_engine_calls():
+    from imbadv.study.engine import EXECUTORS
+    from imbadv.study.config import Executor
+
+    assert set(EXECUTORS) == set(typing.get_args(Executor))
+    for executor in EXECUTORS.values():
+        assert all(callable(getattr(executor, name)) for name in ("prepare", "threads", "drive"))

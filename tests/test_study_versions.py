@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imbadv.config import ConfigError, StudyConfig, resolve_evaluate_config
+from imbadv.config import ConfigError, resolve_evaluate_config
+from imbadv.study.config import StudyConfig
 from imbadv.study.plan import plan
 from imbadv.study.reuse import pin_models
 from imbadv.tracking import names
 from imbadv.tracking.results import Evaluation, MixedVersions, check_one_version_per_model
+from imbadv.tracking.provenance import CODE_PARTS
 
 
 def _evaluation(seed: int, target: str, source: str) -> Evaluation:
@@ -23,7 +25,8 @@ def _evaluation(seed: int, target: str, source: str) -> Evaluation:
 
 
 def test_pinned_versions_are_part_of_an_evaluations_options_and_key():
-    steps = [s for s in plan(StudyConfig(preset="smoke", classes="3"), 10, "digest", "code") if s.entry == "evaluate"]
+    steps = [s for s in plan(StudyConfig(preset="smoke", classes="3"), 10, "digest", dict.fromkeys(CODE_PARTS, "code"))
+             if s.entry == "evaluate"]
     blackbox = next(s for s in steps if dict(s.options)["source"] == "balanced")
     whitebox = next(s for s in steps if dict(s.options)["source"] == "self" and dict(s.options)["sampling"] == "under")
     versions = {(0, "balanced", None): "models:/m-balanced/1", (0, "under", 3): "models:/m-under-c3/1"}

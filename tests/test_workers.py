@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imbadv.config import StudyConfig
+from imbadv.study.config import StudyConfig
 from imbadv.study import workers
 
 

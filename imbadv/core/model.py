@@ -7,6 +7,7 @@ per-channel normalisation is the model's first layer, so attack budgets are in p
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -102,3 +103,12 @@ def keras_init_(model: nn.Module) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+def weights_sha256(network: nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, shapes and float32 values, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -23,6 +24,7 @@ from imbadv.config import TrainConfig
 from imbadv.core.augment import draw_epoch, shift_and_flip
 from imbadv.core.group import Member, TrainingGroup
 from imbadv.core.inference import autocast, predict_logits, set_layout, to_unit
+from imbadv.core.model import VGG, VGGSpec, keras_init_
 from imbadv.core.optim import keras_rmsprop
 
 
@@ -54,6 +56,21 @@ class TrainResult:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# Seeding and building a model use torch's global generator: one thread at a time, so a model's
+# initial weights do not depend on what other threads of a training group do meanwhile.
+_INIT_LOCK = threading.Lock()
+
+
+def initial_network(config: TrainConfig, num_classes: int) -> VGG:
+    """The model before training: its weights drawn from `config.init_seed` (section 3.1's VGG)."""
+    with _INIT_LOCK:
+        seed_everything(config.init_seed)
+        network = VGG(VGGSpec(num_classes=num_classes, width=config.width, dense_units=config.dense_units,
+                              dropout=config.dropout, block_dropout=config.block_dropout,
+                              dense_dropout=config.dense_dropout, batch_norm=config.batch_norm))
+        return keras_init_(network) if config.init == "keras" else network
 
 
 @dataclass

@@ -171,7 +171,7 @@ def _craft(model: RegisteredModel, images: torch.Tensor, labels: torch.Tensor, a
            shared: SharedWork) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Adversarial pixels for all uint8 `images` with `model`'s gradient, batch by batch; for FGSM also
     the clean logits of the gradient pass's forward (saves a forward). An FGSM gradient pass is kept
-    in `shared` for the model's other eps and directions, and may come from its training's test pass.
+    in `shared` for the model's other eps and directions.
     """
     if config.attack == "fgsm":
         key = gradient_key(model.uri, attack, config.precision, config.channels_last, config.batch_size, device,

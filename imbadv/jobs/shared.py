@@ -10,8 +10,9 @@ metrics and artifacts, but what they have in common is computed once per process
 - the black-box adversarial test set, crafted once per source version and attack settings from
   the balanced model's gradient with the true labels (section 3.2) and scored on every target;
 - a model's FGSM gradient pass over the test set (`imbadv.core.gradient_pass`): its sign and
-  clean logits serve every eps and direction; in a study, the training's test pass is that
-  gradient pass, so the model's white-box evaluation needs no gradient pass of its own;
+  clean logits serve every eps and direction;
+- a model's onnxruntime predictions, keyed by the ONNX file's SHA-256: the training's check
+  serves the model's evaluations in the same process;
 - the ONNX graph of an architecture: a later model of the same spec swaps its weights into the
   first one's graph instead of tracing it again.
 

@@ -6,7 +6,6 @@ with PyTorch on all but MAX_ONNX_DISAGREEMENT (0.1%) of the test images.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -21,18 +20,16 @@ import onnx
 import torch
 from mlflow.tracking import MlflowClient
 
-from imbadv.config import (MAX_ONNX_DISAGREEMENT, EvaluateConfig, TrainConfig, model_label, resolve_evaluate_config,
-                           resolve_train_config)
+from imbadv.config import MAX_ONNX_DISAGREEMENT, TrainConfig, model_label, resolve_train_config
 from imbadv.core import metrics, plots
 from imbadv.core.data import DataError, ImageDataset, sha256_file
 from imbadv.core.group import TrainingGroup
-from imbadv.core.gradient_pass import GradientPass, gradient_pass
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
-from imbadv.core.model import VGG, VGGSpec, keras_init_
+from imbadv.core.model import VGG, weights_sha256
 from imbadv.core.sampling import sample_split
-from imbadv.core.trainer import seed_everything, train
-from imbadv.jobs.shared import SharedWork, current, gradient_key, load_data, onnx_check_key
+from imbadv.core.trainer import initial_network, train
+from imbadv.jobs.shared import SharedWork, current, load_data, onnx_check_key
 from imbadv.tracking import lifecycle, liveness, log, names, provenance, registry, store
 from imbadv.tracking.provenance import train_key
 
@@ -51,17 +48,15 @@ def run_name(config: TrainConfig) -> str:
 
 
 def run_train(resume: str | None = None, shared: SharedWork | None = None, group: TrainingGroup | None = None,
-              whitebox: dict[str, Any] | None = None, **options: Any) -> TrainOutcome:
+              **options: Any) -> TrainOutcome:
     """Resolve the config from `options` (None = the preset's value) and run the whole train job.
 
     A run of the same config and code that was killed (RUNNING or KILLED) is resumed from its last
     checkpoint, as is the run `resume` names; under `mlflow run` the project's run is used.
     `shared` (default: this process's study memo, else nothing shared) gives the decoded data and
-    the ONNX graph of an earlier model of the same architecture. With `group` (a study's shared
-    engine runs each member in its own thread) the epochs run vectorised with the group's other models.
-    `whitebox`: the options of this model's white-box evaluation in a study; when that attack's
-    gradient pass computes the same logits as the test pass (`shares_gradient`), the test pass is
-    that gradient pass, kept in `shared` for the evaluation.
+    the ONNX graph of an earlier model of the same architecture, and keeps the ONNX check for the
+    model's evaluations. With `group` (a study's shared engine runs each member in its own thread)
+    the epochs run vectorised with the group's other models.
     """
     shared = current(shared)
     config = resolve_train_config(**options)  # bad options stop here, before any run exists
@@ -82,36 +77,10 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
         if group is not None:
             store.call(mlflow.set_tag, names.TAG_GROUP_SIZE, str(group.size))
         network = _train_network(config, dataset, device, checkpoint, group)
-        evaluation = resolve_evaluate_config(**whitebox) if whitebox else None
-        if evaluation is not None and not shares_gradient(evaluation):
-            evaluation = None
-        test_logits, gradient = _test_pass(network, dataset, config, device, evaluation)
-        store.call(mlflow.set_tag, names.TAG_TEST_PASS, "forward" if gradient is None else "fgsm-gradient")
+        test_logits = predict_logits(network, torch.from_numpy(dataset.test_images).to(device),
+                                     config.eval_batch_size)
         _log_test_metrics(test_logits.argmax(1).cpu().numpy(), dataset)
-        outcome = _export_and_register(config, dataset, network, test_logits, run.info.run_id, device, shared)
-        if gradient is not None:  # for this model's white-box evaluations in this process
-            shared.put("gradient", gradient_key(f"models:/{outcome.model_name}/{outcome.version}",
-                                                evaluation.attack_config(), evaluation.precision,
-                                                evaluation.channels_last, evaluation.batch_size, device,
-                                                dataset.digest), gradient)
-        return outcome
-
-
-def shares_gradient(evaluation: EvaluateConfig) -> bool:
-    """Whether the evaluation's gradient pass gives the test pass's logits bit for bit: an FGSM in
-    fp32 and the default layout, as the test pass runs (logits do not depend on the batch size)."""
-    return evaluation.attack == "fgsm" and evaluation.precision == "fp32" and not evaluation.channels_last
-
-
-def _test_pass(network: VGG, dataset: ImageDataset, config: TrainConfig, device: torch.device,
-               evaluation: EvaluateConfig | None) -> tuple[torch.Tensor, GradientPass | None]:
-    """The test set's logits; with `evaluation`, from its attack's gradient pass, returned too."""
-    images = torch.from_numpy(dataset.test_images).to(device)
-    if evaluation is None:
-        return predict_logits(network, images, config.eval_batch_size), None
-    found = gradient_pass(network, images, torch.from_numpy(dataset.test_labels).to(device),
-                          evaluation.attack_config(), evaluation.precision, evaluation.batch_size)
-    return found.logits, found
+        return _export_and_register(config, dataset, network, test_logits, run.info.run_id, device, shared)
 
 
 def resumable_run(config: TrainConfig) -> str | None:
@@ -143,29 +112,7 @@ def _save_checkpoint(state: dict) -> None:
         store.call(mlflow.log_artifact, str(path), names.CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
 
 
-# Seeding and building a model use torch's global generator: one thread at a time, so a model's
-# initial weights do not depend on what other threads of a training group do meanwhile.
-_INIT_LOCK = threading.Lock()
 _EXPORT_LOCK = threading.Lock()
-
-
-def initial_network(config: TrainConfig, num_classes: int) -> VGG:
-    """The model before training: its weights drawn from `config.init_seed`."""
-    with _INIT_LOCK:
-        seed_everything(config.init_seed)
-        network = VGG(VGGSpec(num_classes=num_classes, width=config.width, dense_units=config.dense_units,
-                              dropout=config.dropout, block_dropout=config.block_dropout,
-                              dense_dropout=config.dense_dropout, batch_norm=config.batch_norm))
-        return keras_init_(network) if config.init == "keras" else network
-
-
-def weights_sha256(network: torch.nn.Module) -> str:
-    """SHA-256 over a model's state dict (names, shapes and float32 values, in order)."""
-    digest = hashlib.sha256()
-    for name, tensor in network.state_dict().items():
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.device,

@@ -1,7 +1,8 @@
 """The study's steps (paper section 4): 21 trainings per seed and 41 attack evaluations per seed and eps.
 
 Each step is one entry-point call with its options, and a reuse key that hashes the entry point,
-the options, the dataset digest and the code version.
+the options, the dataset digest and the version of the code that decides the step's result (a
+training's weights, an evaluation's numbers: `imbadv.tracking.provenance.CODE_PARTS`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from imbadv.config import AttackConfig, StudyConfig, model_label
+from imbadv.config import AttackConfig, model_label
+from imbadv.study.config import StudyConfig
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,9 @@ def step_key(entry: str, options: dict[str, Any], dataset_digest: str, code_vers
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_version: str) -> list[Step]:
-    """Trainings (balanced, under c, over c per seed), then evaluations (per seed and eps)."""
+def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str]) -> list[Step]:
+    """Trainings (balanced, under c, over c per seed), then evaluations (per seed and eps); `code_versions`:
+    by entry point (train, evaluate), the version of the code that decides its steps' results."""
     classes = config.class_ids(num_classes)
     base = {"preset": config.preset, "data": config.data}
     training = {**base, **config.training_overrides, **({"shared_init": True} if config.shared_init else {})}
@@ -59,5 +63,5 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
                 for sampling in ("under", "over"):
                     for source in ("self", "balanced"):
                         specs.append(("evaluate", {**attack, "sampling": sampling, "class_id": c, "source": source}))
-    return [Step(entry, tuple(sorted(options.items())), step_key(entry, options, dataset_digest, code_version))
+    return [Step(entry, tuple(sorted(options.items())), step_key(entry, options, dataset_digest, code_versions[entry]))
             for entry, options in specs]

@@ -1,32 +1,30 @@
-"""The study on a Ray cluster (`imbadv reproduce --executor ray`).
+"""The Ray executor: a study's steps as tasks on a Ray cluster (`imbadv reproduce --executor ray`).
 
-Every training is a Ray task asking for the cores a local worker would get and `gpus_per_training`
-of a GPU; every evaluation is a task that takes the object references of the trainings it attacks,
-so Ray starts it once they are done and never when one failed. Reuse and resume are the local
-executor's: finished steps are found in the tracking store before anything is submitted, an
-evaluation pinned to its models' versions is skipped on the node when a finished run has its key,
-and a training that Ray retries after its node died resumes the run of its first attempt from the
-last checkpoint in the tracking store.
+Every training is a Ray task asking for `--cpus-per-step` CPUs and `--gpus-per-training` of a
+GPU; every evaluation is a task that takes the object references of the trainings it attacks, so
+Ray starts it once they are done and never when one failed. Reuse and resume are the engine's:
+finished steps are found in the tracking store before anything is submitted, an evaluation pinned
+to its models' versions is skipped on the node when a finished run has its key, and a training
+that Ray retries after its node died resumes the run of its first attempt from the last
+checkpoint in the tracking store.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
 from tqdm.auto import tqdm
 
-from imbadv.config import ConfigError, StudyConfig, first_line
-from imbadv.study import reuse, workers
+from imbadv.config import ConfigError, first_line
+from imbadv.study import reuse
+from imbadv.study.config import StudyConfig
 from imbadv.study.plan import Step
+from imbadv.study.runner import StepContext, StudyRun, discard_unfinished, run_step
 from imbadv.study.schedule import Model, model_of
-from imbadv.tracking import names, provenance
-
-if TYPE_CHECKING:
-    from imbadv.study.engine import StudyOutcome
+from imbadv.tracking import names
 
 TASK_RETRIES = 3  # a task whose node or worker process dies runs again, elsewhere if need be
 LOCAL_STORES = ("", "file", "sqlite")  # tracking URIs only the machine holding them can reach
@@ -49,9 +47,9 @@ def connect(address: str) -> None:
 def check_tracking_uri(uri: str, nodes: int) -> None:
     """Refuse a store that only this machine can reach when the cluster has other nodes."""
     if nodes > 1 and urlparse(uri).scheme in LOCAL_STORES:
-        raise ConfigError(f"tracking URI {uri} is a store on this machine, but the Ray cluster has {nodes} nodes: run "
-                          "a shared `mlflow server` (README: A team server) and set MLFLOW_TRACKING_URI to its "
-                          "http:// address")
+        raise ConfigError(f"tracking URI {uri} is a store on this machine, but the Ray cluster has {nodes} nodes: "
+                          "run a shared `mlflow server` (docs/tracking.md: A team server) and set "
+                          "MLFLOW_TRACKING_URI to its http:// address")
 
 
 def prepare(config: StudyConfig) -> None:
@@ -61,14 +59,23 @@ def prepare(config: StudyConfig) -> None:
     connect(config.ray_address)
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     check_tracking_uri(mlflow.get_tracking_uri(), len(nodes))
-    threads = workers.threads(config)
-    largest = max((node.get("Resources", {}).get("CPU", 0) for node in nodes), default=0)
-    if threads > largest:
-        raise ConfigError(f"each step asks for {threads} CPUs (the cores here shared by --jobs {config.jobs}) but "
-                          f"the largest Ray node has {largest:g}: pass a larger --jobs")
-    if config.gpus_per_training and not any(node.get("Resources", {}).get("GPU", 0) for node in nodes):
+    check_resources(config, [node.get("Resources", {}) for node in nodes])
+
+
+def check_resources(config: StudyConfig, nodes: list[dict[str, float]]) -> None:
+    """Refuse a study whose steps no node has the resources for (`nodes`: each node's Ray resources)."""
+    largest = max((node.get("CPU", 0) for node in nodes), default=0)
+    if config.cpus_per_step > largest:
+        raise ConfigError(f"each step asks for {config.cpus_per_step} CPUs (--cpus-per-step) but the largest Ray "
+                          f"node has {largest:g}: pass --cpus-per-step {max(int(largest), 1)} or less")
+    if config.gpus_per_training and not any(node.get("GPU", 0) for node in nodes):
         raise ConfigError(f"--gpus-per-training {config.gpus_per_training:g} asks for GPUs but no Ray node has one: "
                           "pass --gpus-per-training 0")
+
+
+def threads(config: StudyConfig) -> int:
+    """Torch threads per step: the CPUs each step asks Ray for."""
+    return config.cpus_per_step
 
 
 def _attempt_tags() -> dict[str, str]:
@@ -89,76 +96,63 @@ def _earlier_attempt(step: Step, task_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def _train(step: Step, common: tuple) -> str:
+def _train(step: Step, context: StepContext) -> str:
     """Ray task: one training, in this worker process; its run id."""
-    from imbadv.jobs.shared import share_in_this_process
-    from imbadv.study.engine import _run_step
-
-    share_in_this_process()
+    _share_work(context)
     tags = _attempt_tags()
     resume = _earlier_attempt(step, tags[names.TAG_RAY_TASK]) if tags[names.TAG_RAY_TASK] else None
-    return _run_step(step, *common, "shared", tags, **({"resume": resume} if resume else {}))
+    return run_step(step, context, tags, **({"resume": resume} if resume else {}))
 
 
-def _evaluate(step: Step, common: tuple, dataset_digest: str, code: str, finished: dict[str, str],
-              trained: dict[Model, str], *training_run_ids: str) -> tuple[str, str, bool]:
+def _evaluate(study: StudyRun, step: Step, *training_run_ids: str) -> tuple[str, str, bool]:
     """Ray task: one evaluation, started by Ray once the trainings it needs are done (their run ids
     arrive as `training_run_ids`); (pinned key, run id, whether a finished run was reused)."""
-    from imbadv.jobs.shared import share_in_this_process
-    from imbadv.study.engine import _run_step
-
-    share_in_this_process()
-    needed = [m for m in reuse.attacked_models(step) if m not in trained]
-    versions = dict(trained) | {m: reuse.registered_version(r) for m, r in zip(needed, training_run_ids, strict=True)}
-    pinned = reuse.pin_models(step, versions, dataset_digest, code)
-    if pinned.key in finished:
-        return pinned.key, finished[pinned.key], True
-    return pinned.key, _run_step(pinned, *common, "shared", _attempt_tags()), False
+    _share_work(study.context)
+    needed = [m for m in reuse.attacked_models(step) if m not in study.versions]
+    versions = study.versions | {m: reuse.registered_version(r) for m, r in zip(needed, training_run_ids, strict=True)}
+    pinned = study.pin(step, versions)
+    if pinned.key in study.finished:
+        return pinned.key, study.finished[pinned.key], True
+    return pinned.key, run_step(pinned, study.context, _attempt_tags()), False
 
 
-def drive(config: StudyConfig, steps: list[Step], dataset_digest: str, experiment_id: str,
-          outcome: StudyOutcome) -> None:
-    """Submit every step that is not finished to the cluster (joined by `prepare`), with the trainings'
-    object references as the evaluations' arguments, and record what ran, what was reused and what failed."""
+def _share_work(context: StepContext) -> None:
+    """On the shared engine, the steps of one Ray worker process share their work (`imbadv.jobs.shared`)."""
+    if context.engine == "shared":
+        from imbadv.jobs.shared import share_in_this_process
+
+        share_in_this_process()
+
+
+def drive(study: StudyRun, pool: Any = None) -> None:
+    """Submit every step of `study.todo` to the cluster (joined by `prepare`), with the trainings'
+    object references as the evaluations' arguments, and record what ran, what was reused and what failed.
+    `pool` is the local executor's, unused here."""
     import ray
 
-    from imbadv.study.engine import discard_unfinished
-
-    log_dir = Path(config.cache_dir).expanduser() / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    threads = workers.threads(config)
-    common = (outcome.parent_run_id, experiment_id, config.cache_dir, config.device, str(log_dir), threads)
-    finished = {} if config.force else reuse.finished_steps(experiment_id)
-    code = provenance.code_version()
-    trainings = [s for s in steps if s.entry == "train"]
-    reusable = {} if config.force else reuse.finished_trainings(trainings, finished, dataset_digest)
-    train_task = ray.remote(_train).options(num_cpus=threads, num_gpus=config.gpus_per_training,
+    config = study.config
+    train_task = ray.remote(_train).options(num_cpus=config.cpus_per_step, num_gpus=config.gpus_per_training,
                                             max_retries=TASK_RETRIES)
-    evaluate_task = ray.remote(_evaluate).options(num_cpus=threads, max_retries=TASK_RETRIES)
-    trained: dict[Model, str] = {}  # reused trainings: their versions
+    evaluate_task = ray.remote(_evaluate).options(num_cpus=config.cpus_per_step, max_retries=TASK_RETRIES)
     references: dict[Model, Any] = {}  # trainings submitted now: their run ids, once done
     pending: dict[Any, Step] = {}
-    for step in trainings:
-        model = model_of(dict(step.options))
-        if step.key in reusable:
-            trained[model] = reuse.registered_version(reusable[step.key])
-            outcome.reused.append(step.label)
-            continue
-        discard_unfinished(experiment_id, step)
-        references[model] = train_task.remote(step, common)
-        pending[references[model]] = step
-    for step in (s for s in steps if s.entry == "evaluate"):
-        needed = [m for m in reuse.attacked_models(step) if m not in trained]
-        reference = evaluate_task.remote(step, common, dataset_digest, code, finished, trained,
-                                         *(references[m] for m in needed))
+    for step in (s for s in study.todo if s.entry == "train"):
+        discard_unfinished(study.context.experiment_id, step)
+        reference = train_task.remote(step, study.context)
+        references[model_of(dict(step.options))] = reference
         pending[reference] = step
-    _collect(pending, len(steps), outcome)
+    shipped = ray.put(study)  # once for all evaluations
+    for step in (s for s in study.todo if s.entry == "evaluate"):
+        needed = [m for m in reuse.attacked_models(step) if m not in study.versions]
+        pending[evaluate_task.remote(shipped, step, *(references[m] for m in needed))] = step
+    _collect(pending, study)
 
 
-def _collect(pending: dict[Any, Step], total: int, outcome: StudyOutcome) -> None:
+def _collect(pending: dict[Any, Step], study: StudyRun) -> None:
     import ray
 
-    bar = tqdm(total=total, initial=len(outcome.reused), desc="study (ray)", unit="step")
+    outcome = study.outcome
+    bar = tqdm(total=len(study.steps), initial=len(outcome.reused), desc="study (ray)", unit="step")
     remaining = list(pending)
     while remaining:
         done, remaining = ray.wait(remaining, num_returns=1)

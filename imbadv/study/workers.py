@@ -18,7 +18,7 @@ from multiprocessing import get_context
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from imbadv.config import StudyConfig
+    from imbadv.study.config import StudyConfig
 
 
 def threads(config: StudyConfig) -> int:

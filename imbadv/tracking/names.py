@@ -12,7 +12,9 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TAG_JOB = "imbadv.job"
 TAG_ERROR = "imbadv.error"
 TAG_GIT_COMMIT = "imbadv.git_commit"
-TAG_CODE_VERSION = "imbadv.code_version"
+TAG_CODE_VERSION = "imbadv.code_version"  # the whole package's source
+TAG_TRAIN_CODE_VERSION = "imbadv.code_version.train"  # the code that decides a training's weights
+TAG_EVALUATE_CODE_VERSION = "imbadv.code_version.evaluate"  # the code that decides an evaluation's numbers
 TAG_DATASET = "imbadv.dataset"
 TAG_DATASET_DIGEST = "imbadv.dataset_digest"
 TAG_TARGET = "imbadv.target"
@@ -34,7 +36,6 @@ TAG_INIT_SHA256 = "imbadv.init_sha256"  # a training's initial weights: equal on
 TAG_THREADS = "imbadv.threads"  # torch's intra-op threads: bit-identical weights need the same count
 TAG_DEVICE = "imbadv.device"  # the torch device the run computed on
 TAG_BF16_NATIVE = "imbadv.bf16_native"  # under bf16: whether the device has bf16 matrix units
-TAG_TEST_PASS = "imbadv.test_pass"  # a training's test-set pass: forward, or the FGSM gradient pass it shares
 
 # Artifact paths.
 MODEL_ARTIFACT = "model"

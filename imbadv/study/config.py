@@ -1,0 +1,197 @@
+"""The study's config (`imbadv reproduce`): which models and attacks, and how its steps run.
+
+The models' and attacks' own values come from `imbadv.config` (TrainConfig, AttackConfig and the
+presets); a study names the grid (seeds, eps, classes) and how it runs (executor, workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from imbadv.config import (PRESETS, AttackConfig, AttackLoss, ConfigError, ModelSelection, TrainConfig, check_choices,
+                           check_preset, default_cache_dir, parse_class_id, resolve_train_config)
+
+Engine = Literal["shared", "isolated"]
+Executor = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: the paper's 21 models and 50 attacked combinations, per seed and eps (section 4)."""
+
+    preset: str = field(default=ModelSelection.preset, metadata={
+        "help": "Preset of every model (paper, paper-fast, paper-group, paper-aug, paper-aug-fast, cpu, smoke)."})
+    seeds: int = field(default=1, metadata={"help": "Seeds per configuration (first-seed .. first-seed+seeds-1)."})
+    first_seed: int = field(default=0, metadata={"help": (
+        "The study's first seed: e.g. --first-seed 1 --seeds 2 runs seeds 1 and 2 (in a store of their own, "
+        "then `imbadv report --results` combines its report's results.json with seed 0's).")})
+    data: str = field(default=ModelSelection.data, metadata={"help": "Data source, as for train."})
+    eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
+        "help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})
+    classes: str = field(default="all", metadata={"help": "'all', or comma-separated class ids or CIFAR-10 names."})
+    jobs: int = field(default=1, metadata={"help": (
+        "With --executor local: steps run at once on this machine, each in its own process with an equal share "
+        "of the cores.")})
+    force: bool = field(default=False, metadata={"help": "Rerun steps even when a finished run matches."})
+    shared_init: bool = field(default=False, metadata={"help": (
+        "Start all models of a seed from the same weights and batch order, as train's --shared-init.")})
+    attack_loss: AttackLoss = field(default=AttackConfig.attack_loss, metadata={"help": (
+        "The evaluations' attack loss, as evaluate's --attack-loss (logits or keras); the trainings are "
+        "the same either way, so a second study with the other loss reuses them.")})
+    train_options: str = field(default="", metadata={"help": (
+        "Training options set on every model of the study, comma-separated KEY=VALUE as train's options "
+        "(e.g. init=torch,stopping=val-loss), for ablations; part of the study's identity, so each set of "
+        "options is a study of its own.")})
+    engine: Engine = field(default="shared", metadata={"help": (
+        "'shared': long-lived workers that load data and models once and share each target's clean pass, "
+        "ONNX check and the black-box adversarial sets between its evaluations (same results); 'isolated': "
+        "every step computes all it needs itself.")})
+    group_trainings: int = field(default=0, metadata={"help": (
+        "With --executor local: trainings of one kind (equally many images) trained side by side in one "
+        "shared-engine worker, vectorised: 0 = auto (10 on CUDA with a preset without torch.compile or "
+        "augmentation, else 1), 1 = each alone. Grouped models equal alone-trained ones up to float32 rounding, "
+        "not bit for bit.")})
+    executor: Executor = field(default="local", metadata={"help": (
+        "'local': worker processes on this machine; 'ray': each step a task on a Ray cluster (--ray-address), "
+        "with the same reuse, resume and results.")})
+    ray_address: str = field(default="", metadata={"help": (
+        "With --executor ray: the cluster to join (default: $RAY_ADDRESS, else a Ray instance started on "
+        "this machine).")})
+    cpus_per_step: int = field(default=1, metadata={"help": (
+        "With --executor ray: the CPUs each step asks Ray for, and its torch threads; a node runs as many steps "
+        "at once as it has CPUs for.")})
+    gpus_per_training: float = field(default=0.0, metadata={"help": (
+        "With --executor ray: the GPU share each training asks Ray for (0.25 runs four at once on one GPU); "
+        "0: none, on CPU nodes.")})
+    cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "Cache, as for train."})
+    device: str = field(default=ModelSelection.device, metadata={"help": "'auto', 'cpu' or 'cuda'."})
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_preset(self.preset)
+        check_executor_options(self)
+        for name in ("seeds", "jobs", "cpus_per_step"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} is {getattr(self, name)}: it must be 1 or more")
+        if not 0.0 <= self.gpus_per_training <= 1.0:
+            raise ConfigError(f"gpus per training {self.gpus_per_training} is outside [0, 1]: pass e.g. "
+                              "--gpus-per-training 0.25")
+        if self.group_trainings < 0:
+            raise ConfigError(f"group trainings {self.group_trainings} is negative: pass 0 (auto), 1 or more")
+        if self.group_trainings > 1 and self.engine != "shared":
+            raise ConfigError("training groups run on the shared engine: drop --engine isolated or pass "
+                              "--group-trainings 1")
+        if self.group_trainings > 1 and not groupable(self.preset):
+            raise ConfigError(f"preset {self.preset} uses torch.compile or augmentation, which a training group "
+                              "does not run: pass --group-trainings 1 or a preset without them (paper-group)")
+        resolve_train_config(preset=self.preset, **self.training_overrides)  # a bad value stops the study here
+        if self.first_seed < 0:
+            raise ConfigError(f"first seed {self.first_seed} is negative: pass --first-seed 0 or more")
+        for value in self.eps_values:
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
+
+    @property
+    def training_overrides(self) -> dict[str, Any]:
+        """`train_options` as typed TrainConfig values: {} when empty."""
+        return parse_train_options(self.train_options)
+
+    @property
+    def seed_values(self) -> range:
+        return range(self.first_seed, self.first_seed + self.seeds)
+
+    @property
+    def eps_values(self) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in self.eps.split(",") if v.strip())
+        except ValueError as error:
+            raise ConfigError(f"eps {self.eps!r} is not a number or a comma-separated list: pass e.g. "
+                              "--eps 0.01,0.02") from error
+
+    def class_ids(self, num_classes: int | None) -> tuple[int, ...]:
+        """The study's classes; with `num_classes` None (dataset not loaded yet) ids are parsed, not range-checked."""
+        if self.classes == "all":
+            return tuple(range(num_classes or 0))
+        try:
+            ids = tuple(parse_class_id(v) for v in self.classes.split(","))
+        except ConfigError as error:
+            raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids or CIFAR-10 class names: "
+                              "pass e.g. --classes 3,5 or --classes cat,dog") from error
+        if negative := [c for c in ids if c < 0]:
+            raise ConfigError(f"class ids {negative} are negative: pass ids from 0 (or CIFAR-10 class names)")
+        bad = [c for c in ids if num_classes is not None and c >= num_classes]
+        if bad:
+            raise ConfigError(f"class ids {bad} are outside this dataset's {num_classes} classes: pass ids "
+                              f"from 0 to {num_classes - 1}")
+        return ids
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What the study computes (logged as params, hashed into its key); not how it runs (`RUN_OPTIONS`)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_OPTIONS}
+
+
+# How a study runs, not what it computes: not logged as params, not in the study's key.
+RUN_OPTIONS = ("force", "jobs", "cache_dir", "device", "engine", "group_trainings", "executor", "ray_address",
+               "cpus_per_step", "gpus_per_training")
+
+# The options only one executor honours: set with another executor, they are refused, never ignored.
+EXECUTOR_OPTIONS: dict[str, tuple[str, ...]] = {
+    "local": ("jobs", "group_trainings"),
+    "ray": ("ray_address", "cpus_per_step", "gpus_per_training"),
+}
+
+
+def check_executor_options(config: StudyConfig) -> None:
+    """Refuse an option set away from its default that the chosen executor does not honour."""
+    defaults = {f.name: f.default for f in dataclasses.fields(StudyConfig)}
+    for executor, options in EXECUTOR_OPTIONS.items():
+        for name in options:
+            value = getattr(config, name)
+            if executor != config.executor and value != defaults[name] and not (name == "group_trainings"
+                                                                               and value == 1):
+                flag = f"--{name.replace('_', '-')}"
+                raise ConfigError(f"{flag} applies to --executor {executor} only: drop {flag}, or pass "
+                                  f"--executor {executor}")
+
+
+def groupable(preset: str) -> bool:
+    """Whether a preset's trainings can run in a training group (no torch.compile, no augmentation)."""
+    values = PRESETS.get(preset, {})
+    return not values.get("torch_compile") and values.get("augment", "none") == "none"
+
+
+# What a study sets itself for each training, so --train-options may not.
+STUDY_TRAINING_FIELDS = ("sampling", "class_id", "seed", "preset", "data", "cache_dir", "device", "shared_init")
+
+
+def parse_train_options(text: str) -> dict[str, Any]:
+    """'init=torch,epochs=12' -> {'init': 'torch', 'epochs': 12}, each value typed as its TrainConfig field."""
+    hints = typing.get_type_hints(TrainConfig)
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints or key in STUDY_TRAINING_FIELDS:
+            allowed = sorted(set(hints) - set(STUDY_TRAINING_FIELDS))
+            raise ConfigError(f"train option {item!r} is not KEY=VALUE with a train option as KEY: use one of "
+                              f"{', '.join(allowed)}, e.g. --train-options init=torch,epochs=12")
+        options[key] = _typed(hints[key], value.strip(), key)
+    return options
+
+
+def _typed(hint: Any, value: str, key: str) -> Any:
+    kind = next((t for t in (bool, int, float) if hint is t or t in get_args(hint)), str)
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"train option {key}={value} is not true or false: pass {key}=true or {key}=false")
+        return value.lower() in ("true", "1")
+    try:
+        return kind(value)
+    except ValueError:
+        article = "an" if kind is int else "a"
+        raise ConfigError(f"train option {key}={value} is not {article} {kind.__name__}: pass e.g. "
+                          f"{key}={getattr(TrainConfig, key)}") from None
