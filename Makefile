@@ -29,7 +29,7 @@ demo: setup
 	$(IMBADV) evaluate $(OPTIONS) --sampling under --class-id $(CLASS)
 	$(IMBADV) evaluate $(OPTIONS) --sampling under --class-id $(CLASS) --source balanced
 	$(IMBADV) models
-	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Browse the runs: $(IMBADV) ui"
 
 test: setup-test
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
