@@ -1,7 +1,15 @@
-"""Shared fixtures: the shared CIFAR-10 JPEG copy, small slices of it, and a temporary MLflow store."""
+"""Shared fixtures: synthetic image folders, the shared CIFAR-10 JPEG copy and slices of it, a temporary
+MLflow store, a real `mlflow server`.
+
+Tests that only need the plumbing (loading, training, registering, attacking) use `synthetic_data`.
+Tests that need real images use `shared_archive`, `extracted` or `small_data`: they need the CIFAR-10
+archive (IMBADV_TEST_DATA) and carry the `cifar10` marker, added at collection (`-m "not cifar10"`
+leaves them out).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,15 +17,30 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = Path(os.environ.get(
     "IMBADV_TEST_DATA", REPO.parent / "shared" / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"))
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cifar10: needs the CIFAR-10 archive named by IMBADV_TEST_DATA (added "
+                                       "to every test that uses it)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "shared_archive" in getattr(item, "fixturenames", ()):  # also through `extracted` or `small_data`
+            item.add_marker(pytest.mark.cifar10)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +55,42 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def write_synthetic_tree(dest: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
+    """An image-folder tree of CIFAR-10's shape: train/<class>/*.png and test/<class>/*.png, 32x32 RGB,
+    the ten CIFAR-10 class names.
+
+    Each class has a colour and a stripe direction and period of its own; every image is its class's
+    pattern at a random phase plus Gaussian noise (sd 60 of 255): the smoke preset's two epochs learn
+    it (test accuracy about 0.9 to 1.0) with margins thin enough that white-box and transferred FGSM
+    images at eps 0.01 lower the accuracy. The same arguments give the same files, bit for bit.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:32, 0:32].astype(np.float64)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for k, name in enumerate(CIFAR10_CLASSES):
+            angle, period = np.pi * k / 10, 4.0 + 2.0 * (k % 3)
+            colour = 128 + 40 * np.cos(2 * np.pi * (k / 10 + np.array([0.0, 1 / 3, 2 / 3])))
+            folder = dest / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                phase = rng.uniform(0, 2 * np.pi)
+                stripes = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase)
+                pixels = colour + 30 * stripes[..., None] + rng.normal(0, 60, (32, 32, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """Synthetic images in a CIFAR-10 image-folder tree: 120 train and 30 test images per class, no
+    archive needed. The folder is named like the real slice (`cifar10-small`) so that dataset and
+    registered-model names are the same whichever of the two a test uses."""
+    return write_synthetic_tree(tmp_path_factory.mktemp("synthetic") / "cifar10-small", 120, 30)
+
+
 @pytest.fixture(scope="session")
 def shared_archive() -> Path:
+    """The CIFAR-10 JPEG archive (IMBADV_TEST_DATA); a test that uses it needs real images."""
     if not SHARED_ARCHIVE.exists():
         raise FileNotFoundError(f"the test data {SHARED_ARCHIVE} is missing: set IMBADV_TEST_DATA to the "
                                 "CIFAR-10 JPEG archive")
@@ -48,7 +105,7 @@ def session_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def extracted(shared_archive, tmp_path_factory) -> Path:
-    """The shared archive unpacked (image-folder tree)."""
+    """The shared archive unpacked (image-folder tree); needs the CIFAR-10 archive."""
     root = tmp_path_factory.mktemp("cifar10-jpeg")
     with tarfile.open(shared_archive) as tar:
         tar.extractall(root, filter="data")
@@ -71,7 +128,8 @@ def make_slice(extracted: Path, dest: Path, train_per_class: int, test_per_class
 
 @pytest.fixture(scope="session")
 def small_data(extracted, tmp_path_factory) -> Path:
-    """A 10-class slice of real CIFAR-10 images: 120 train and 30 test images per class."""
+    """A 10-class slice of real CIFAR-10 images: 120 train and 30 test images per class; needs the archive.
+    Tests that only need the plumbing use `synthetic_data`."""
     return make_slice(extracted, tmp_path_factory.mktemp("data") / "cifar10-small", 120, 30)
 
 
@@ -85,7 +143,7 @@ def store(tmp_path, monkeypatch) -> Iterator[str]:
         yield uri
 
 
-@contextmanager
+@contextlib.contextmanager
 def _tracking_store(folder: Path, patch: pytest.MonkeyPatch) -> Iterator[str]:
     """What `store` does, for any scope: a SQLite store in `folder`, which becomes the working directory."""
     patch.chdir(folder)
@@ -156,7 +214,8 @@ def sigkill_group() -> Callable[[subprocess.Popen], None]:
     is all they wrote, and nothing changes it any more."""
 
     def kill(process: subprocess.Popen) -> None:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the whole group has ended (the command killed itself)
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         deadline = time.monotonic() + 120  # a safety net: killed processes go in milliseconds
         while _group_is_running(process.pid):

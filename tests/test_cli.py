@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
+@pytest.fixture(scope="session")
+def small_data(synthetic_data):
+    """These tests check the plumbing, not accuracy: synthetic images, no CIFAR-10 archive needed."""
+    return synthetic_data
+
+
 def invoke(*args: str):
     return runner.invoke(app, list(args))
 

@@ -1,4 +1,7 @@
-"""Data sources: the archive, image folders, the decoded-array cache, digests and bad data."""
+"""Data sources: the archive, image folders, the decoded-array cache, digests and bad data.
+
+Synthetic image folders stand in for CIFAR-10 except in the test that loads the whole archive.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_slice
+from conftest import CIFAR10_CLASSES, make_slice
 from imbadv.core.data import DataError, dataset_name, load_dataset
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-
+@pytest.mark.slow
 def test_shared_archive_loads_whole_and_in_label_order(shared_archive, session_cache):
     dataset = load_dataset(str(shared_archive), session_cache)
     assert dataset.name == "cifar10-jpeg"
@@ -29,9 +31,9 @@ def test_shared_archive_loads_whole_and_in_label_order(shared_archive, session_c
     assert np.array_equal(again.test_images, dataset.test_images)
 
 
-def test_folder_and_its_archive_give_the_same_data(small_data, tmp_path):
-    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", small_data.parent, small_data.name)
-    from_folder = load_dataset(str(small_data), tmp_path / "cache")
+def test_folder_and_its_archive_give_the_same_data(synthetic_data, tmp_path):
+    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", synthetic_data.parent, synthetic_data.name)
+    from_folder = load_dataset(str(synthetic_data), tmp_path / "cache")
     from_archive = load_dataset(archive, tmp_path / "cache")
     assert from_archive.name == from_folder.name == "cifar10-small"
     assert from_archive.digest == from_folder.digest
@@ -39,16 +41,16 @@ def test_folder_and_its_archive_give_the_same_data(small_data, tmp_path):
     assert len(list((tmp_path / "cache" / "arrays").rglob("*.npz"))) == 2
 
 
-def test_pixels_are_decoded_in_rgb_channel_first(small_data, tmp_path):
-    dataset = load_dataset(str(small_data), tmp_path / "cache")
-    first = sorted((small_data / "train" / "airplane").iterdir())[0]
+def test_pixels_are_decoded_in_rgb_channel_first(synthetic_data, tmp_path):
+    dataset = load_dataset(str(synthetic_data), tmp_path / "cache")
+    first = sorted((synthetic_data / "train" / "airplane").iterdir())[0]
     expected = np.asarray(Image.open(first).convert("RGB")).transpose(2, 0, 1)
     assert np.array_equal(dataset.train_images[0], expected)
 
 
-def test_digest_changes_with_the_pixels(extracted, tmp_path):
-    a = load_dataset(str(make_slice(extracted, tmp_path / "a" / "d", 3, 2)), tmp_path / "cache")
-    b = load_dataset(str(make_slice(extracted, tmp_path / "b" / "d", 4, 2)), tmp_path / "cache")
+def test_digest_changes_with_the_pixels(synthetic_data, tmp_path):
+    a = load_dataset(str(make_slice(synthetic_data, tmp_path / "a" / "d", 3, 2)), tmp_path / "cache")
+    b = load_dataset(str(make_slice(synthetic_data, tmp_path / "b" / "d", 4, 2)), tmp_path / "cache")
     assert a.digest != b.digest
 
 
@@ -88,15 +90,16 @@ def test_unreadable_image_names_the_file(tmp_path):
         load_dataset(str(root), tmp_path / "cache")
 
 
-def test_truncated_archive_is_refused_and_leaves_no_unpacked_folder(shared_archive, tmp_path):
+def test_truncated_archive_is_refused_and_leaves_no_unpacked_folder(synthetic_data, tmp_path):
+    archive = Path(shutil.make_archive(str(tmp_path / "whole"), "gztar", synthetic_data.parent, synthetic_data.name))
     truncated = tmp_path / "cut.tar.gz"
-    truncated.write_bytes(shared_archive.read_bytes()[:200_000])
+    truncated.write_bytes(archive.read_bytes()[:archive.stat().st_size // 2])
     with pytest.raises(DataError, match=r"is corrupted or not a \.tar\.gz"):
         load_dataset(str(truncated), tmp_path / "cache")
     assert list((tmp_path / "cache" / "extracted").iterdir()) == []
 
 
-def test_a_cold_cache_is_filled_by_one_process_while_the_others_wait(small_data, tmp_path):
+def test_a_cold_cache_is_filled_by_one_process_while_the_others_wait(synthetic_data, tmp_path):
     """A study's parent and workers load the same archive at once: the second waits for the first's
     cache file instead of unpacking beside it (two unpacks raced on the rename)."""
     import subprocess
@@ -107,7 +110,8 @@ def test_a_cold_cache_is_filled_by_one_process_while_the_others_wait(small_data,
 
     from imbadv.core.data import decode_lock, sha256_file
 
-    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", small_data.parent, small_data.name)
+    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", synthetic_data.parent,
+                                  synthetic_data.name)
     cache = tmp_path / "cache"
     loader = ("import sys; from imbadv.core.data import load_dataset; print('started', flush=True); "
               "print(load_dataset(sys.argv[1], sys.argv[2]).digest)")

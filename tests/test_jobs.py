@@ -20,6 +20,18 @@ from imbadv.core.sampling import sample_split
 from imbadv.jobs.train import run_train
 
 
+@pytest.fixture(scope="session")
+def small_data(synthetic_data):
+    """These tests check the plumbing, not accuracy: synthetic images, no CIFAR-10 archive needed."""
+    return synthetic_data
+
+
+@pytest.fixture(scope="session")
+def extracted(synthetic_data):
+    """A tree to slice other images of the same name from (test_source_trained_on_other_data_is_refused)."""
+    return synthetic_data
+
+
 def smoke(data: Path, cache: Path, **options) -> dict:
     return {"preset": "smoke", "data": str(data), "cache_dir": str(cache), "device": "cpu", **options}
 

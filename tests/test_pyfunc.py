@@ -27,6 +27,12 @@ from imbadv.tracking.pyfunc_model import CLASS_COLUMN, INDEX_COLUMN, probability
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.fixture(scope="session")
+def small_data(synthetic_data):
+    """These tests check the plumbing, not accuracy: synthetic images, no CIFAR-10 archive needed."""
+    return synthetic_data
+
+
 @pytest.fixture(scope="module")
 def registered(module_store, small_data, session_cache) -> SimpleNamespace:
     outcome = run_train(preset="smoke", data=str(small_data), cache_dir=str(session_cache), device="cpu",

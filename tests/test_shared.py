@@ -13,6 +13,12 @@ from imbadv.core.model import VGG, VGGSpec
 from imbadv.jobs.shared import SharedWork, is_pinned
 
 
+@pytest.fixture(scope="session")
+def small_data(synthetic_data):
+    """These tests check the plumbing, not accuracy: synthetic images, no CIFAR-10 archive needed."""
+    return synthetic_data
+
+
 def test_the_memo_computes_once_per_key_and_forgets_the_least_recently_used_beyond_its_limit():
     shared = SharedWork(limits={"adversarial": 2})
     calls = []

@@ -13,6 +13,12 @@ from imbadv.study.config import StudyConfig
 from imbadv.study import workers
 
 
+@pytest.fixture(scope="session")
+def small_data(synthetic_data):
+    """These tests check the plumbing, not accuracy: synthetic images, no CIFAR-10 archive needed."""
+    return synthetic_data
+
+
 def _leave_a_mark(path: str) -> int:
     """A step's own exit handler, registered after the worker started (as MLflow's and torch's are)."""
     atexit.register(Path(path).write_text, "ran")
