@@ -5,7 +5,13 @@ Synthetic image folders stand in for CIFAR-10 except in the test that loads the 
 
 from __future__ import annotations
 
+import ctypes
+import os
+import select
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,28 +105,58 @@ def test_truncated_archive_is_refused_and_leaves_no_unpacked_folder(synthetic_da
     assert list((tmp_path / "cache" / "extracted").iterdir()) == []
 
 
+IN_OPEN = 0x20  # inotify(7)
+
+
+class _Opens:
+    """Counts the opens of one file by any process, from inotify events (Linux)."""
+
+    def __init__(self, path: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, os.fsencode(path), IN_OPEN) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {path}")
+        self.count = 0
+
+    def wait_for(self, count: int, process: subprocess.Popen, safety_s: float = 120) -> None:
+        """Return once `count` opens are seen; fail if `process` ends first or nothing comes for `safety_s`."""
+        deadline = time.monotonic() + safety_s
+        while self.count < count:
+            assert process.poll() is None, f"the loader ended after {self.count} opens of the lock file"
+            assert time.monotonic() < deadline, f"{self.count} opens of the lock file in {safety_s} s"
+            if select.select([self.fd], [], [], 1.0)[0]:
+                self.count += len(os.read(self.fd, 4096)) // 16  # a file's events carry no name: 16 bytes each
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 def test_a_cold_cache_is_filled_by_one_process_while_the_others_wait(synthetic_data, tmp_path):
     """A study's parent and workers load the same archive at once: the second waits for the first's
-    cache file instead of unpacking beside it (two unpacks raced on the rename)."""
-    import subprocess
-    import sys
-    import time
+    cache file instead of unpacking beside it (two unpacks raced on the rename).
 
+    filelock waits by polling (a non-blocking flock, a close and a short sleep, again and again), so no
+    waiter shows in /proc/locks: the child's attempts show as opens of the lock file. A second open
+    while this process holds the lock means the first attempt was refused and the child tries again.
+    """
     import filelock
 
     from imbadv.core.data import decode_lock, sha256_file
 
-    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", synthetic_data.parent,
-                                  synthetic_data.name)
+    archive = shutil.make_archive(str(tmp_path / "cifar10-small"), "gztar", synthetic_data.parent, synthetic_data.name)
     cache = tmp_path / "cache"
-    loader = ("import sys; from imbadv.core.data import load_dataset; print('started', flush=True); "
+    loader = ("import sys; from imbadv.core.data import load_dataset; "
               "print(load_dataset(sys.argv[1], sys.argv[2]).digest)")
-    with filelock.FileLock(decode_lock(cache, f"archive-{sha256_file(archive)}")):  # another process decoding
-        process = subprocess.Popen([sys.executable, "-c", loader, archive, str(cache)], stdout=subprocess.PIPE,
-                                   text=True)
-        assert process.stdout.readline().strip() == "started"
-        time.sleep(1.0)
-        assert process.poll() is None  # waiting on the lock
+    lock = decode_lock(cache, f"archive-{sha256_file(archive)}")
+    with filelock.FileLock(lock):  # another process decoding
+        opens = _Opens(lock)
+        try:
+            process = subprocess.Popen([sys.executable, "-c", loader, archive, str(cache)], stdout=subprocess.PIPE,
+                                       text=True)
+            opens.wait_for(2, process)  # refused once, trying again: waiting on the lock
+        finally:
+            opens.close()
         assert not (cache / "extracted").exists()  # and not unpacking meanwhile
     digest = process.stdout.read().strip()
     assert process.wait(timeout=120) == 0
