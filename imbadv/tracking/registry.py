@@ -75,18 +75,40 @@ def write_model_files(network: VGG, spec: dict[str, Any], folder: Path) -> dict[
 
 def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[str, str]) -> ModelVersion:
     """Log the model in the active run, register a version of `name` with a description of what it is
-    and how to call it, and point `alias` at it."""
+    and how to call it, and point `alias` at it.
+
+    A resumed run whose earlier process registered these very files (same weights and ONNX SHA-256)
+    and was killed before the run ended completes that version instead of registering a second one.
+    """
     class_names = json.loads(files["spec"].read_text())["class_names"]
-    info = store.call(mlflow.pyfunc.log_model, name=names.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-                      artifacts={k: str(v) for k, v in files.items()}, pip_requirements=PIP_REQUIREMENTS,
-                      signature=model_signature(class_names), input_example=INPUT_EXAMPLE)
-    version = store.call(mlflow.register_model, info.model_uri, name, tags={**tags, TAG_ALIAS: alias})
     client = MlflowClient()
-    test_acc = store.call(client.get_run, info.run_id).data.metrics.get("test_acc")
+    run_id = mlflow.active_run().info.run_id
+    tags = {**tags, TAG_ALIAS: alias}
+    version = registered_by_run(client, run_id, name, tags)
+    if version is None:
+        info = store.call(mlflow.pyfunc.log_model, name=names.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                          artifacts={k: str(v) for k, v in files.items()}, pip_requirements=PIP_REQUIREMENTS,
+                          signature=model_signature(class_names), input_example=INPUT_EXAMPLE)
+        version = store.call(mlflow.register_model, info.model_uri, name, tags=tags)
+    else:
+        print(f"run {run_id} registered {name} version {version.version} before it was interrupted: "
+              "completing that version")
+        for key, value in tags.items():
+            if version.tags.get(key) != value:
+                store.call(client.set_model_version_tag, name, str(version.version), key, value)
+    test_acc = store.call(client.get_run, run_id).data.metrics.get("test_acc")
     description = version_description(f"models:/{name}/{version.version}", tags, test_acc, class_names)
     version = store.call(client.update_model_version, name, str(version.version), description=description)
     point_alias_at_newest(name, alias)
     return version
+
+
+def registered_by_run(client: MlflowClient, run_id: str, name: str, tags: dict[str, str]) -> ModelVersion | None:
+    """The version of `name` that run `run_id` registered for the same files and alias (`tags`), if any."""
+    same = ("weights_sha256", "onnx_sha256", TAG_ALIAS)
+    versions = [v for v in store.call(client.search_model_versions, f"run_id = '{run_id}'")
+                if v.name == name and all(v.tags.get(key) == tags[key] for key in same)]
+    return max(versions, key=lambda v: int(v.version), default=None)
 
 
 def model_signature(class_names: list[str]) -> ModelSignature:
