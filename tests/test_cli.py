@@ -96,6 +96,7 @@ def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str, bool]]:
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_fails_with_one_line_and_only_a_started_run_is_marked_failed(store, small_data, session_cache,
                                                                                tmp_path):
     cases = _bad_inputs(small_data, tmp_path)
@@ -113,6 +114,7 @@ def test_bad_input_fails_with_one_line_and_only_a_started_run_is_marked_failed(s
     assert client.search_registered_models() == []
 
 
+@pytest.mark.slow
 def test_cifar10_without_internet_says_how_to_use_a_local_copy(store, tmp_path):
     result = runner.invoke(app, ["train", "--preset", "smoke", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 1
@@ -120,6 +122,7 @@ def test_cifar10_without_internet_says_how_to_use_a_local_copy(store, tmp_path):
     assert MlflowClient().search_registered_models() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["train", "--preset", "smoke"], ["models"], ["report", "--preset", "smoke"]])
 def test_a_tracking_server_that_does_not_answer_fails_fast_with_one_line(command, small_data, tmp_path, monkeypatch):
     from tracking_server import free_port
@@ -136,6 +139,7 @@ def test_a_tracking_server_that_does_not_answer_fails_fast_with_one_line(command
     assert "MLFLOW_TRACKING_URI" in result.stderr
 
 
+@pytest.mark.slow
 def test_models_lists_and_shows_registered_versions(store, small_data, session_cache):
     from imbadv.jobs.train import run_train
 
@@ -160,6 +164,7 @@ def test_console_script_exit_code(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == expected
 
 
+@pytest.mark.slow
 def test_a_missing_cuda_device_is_a_one_line_error(store, small_data, session_cache, monkeypatch):
     import torch
 

@@ -40,6 +40,7 @@ def artifact_text(run_id: str, path: str) -> str:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_text()
 
 
+@pytest.mark.slow
 def test_train_logs_registers_and_exports(store, small_data, session_cache):
     outcome = run_train(**smoke(small_data, session_cache, sampling="under", class_id=3))
     client = MlflowClient()
@@ -97,6 +98,7 @@ def test_train_logs_registers_and_exports(store, small_data, session_cache):
     assert np.bincount(dataset.train_labels[logged]).tolist() == [90] * 3 + [18] + [90] * 6
 
 
+@pytest.mark.slow
 def test_retraining_is_bit_identical_and_alias_follows_newest(store, small_data, session_cache):
     first = run_train(**smoke(small_data, session_cache))
     second = run_train(**smoke(small_data, session_cache))
@@ -110,6 +112,7 @@ def test_retraining_is_bit_identical_and_alias_follows_newest(store, small_data,
     assert str(client.get_model_version_by_alias(first.model_name, "smoke-s1").version) == "3"
 
 
+@pytest.mark.slow
 def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
     run_train(**smoke(small_data, session_cache))
     run_train(**smoke(small_data, session_cache, sampling="under", class_id=5))
@@ -159,6 +162,7 @@ def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
     assert names.TAG_BF16_NATIVE not in client.get_run(white.run_id).data.tags  # fp32 runs carry no such tag
 
 
+@pytest.mark.slow
 def test_source_trained_on_other_data_is_refused(store, small_data, extracted, tmp_path, session_cache):
     from conftest import make_slice
 
@@ -174,6 +178,7 @@ def test_source_trained_on_other_data_is_refused(store, small_data, extracted, t
     assert len(failed) == 1 and "trained on other data" in failed[0].data.tags[names.TAG_ERROR]
 
 
+@pytest.mark.slow
 def test_damaged_registered_artifact_is_refused(store, small_data, session_cache, tmp_path):
     from imbadv.tracking.registry import RegistryError
 
@@ -194,6 +199,7 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow
 def test_a_malicious_pickle_in_place_of_the_weights_is_refused_unexecuted(store, small_data, session_cache, tmp_path):
     import pickle
 
@@ -210,6 +216,7 @@ def test_a_malicious_pickle_in_place_of_the_weights_is_refused_unexecuted(store,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_with_a_failed_run_and_nothing_registered(store, small_data, session_cache):
     from imbadv.core.trainer import TrainingDiverged
 

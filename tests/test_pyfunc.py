@@ -25,6 +25,7 @@ from imbadv.tracking import registry
 from imbadv.tracking.pyfunc_model import CLASS_COLUMN, INDEX_COLUMN, probability_columns
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+pytestmark = pytest.mark.slow  # the module trains a model first: over 5 s
 
 
 @pytest.fixture(scope="session")

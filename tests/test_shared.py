@@ -77,6 +77,7 @@ def _smoke(data, cache, **options) -> dict:
     return {"preset": "smoke", "data": str(data), "cache_dir": str(cache), "device": "cpu", **options}
 
 
+@pytest.mark.slow
 def test_evaluations_sharing_their_work_log_what_each_logs_alone(store, small_data, session_cache):
     from pathlib import Path
 

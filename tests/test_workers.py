@@ -25,6 +25,7 @@ def _leave_a_mark(path: str) -> int:
     return os.getpid()
 
 
+@pytest.mark.slow
 def test_a_shared_worker_ends_after_the_exit_handlers_its_steps_registered(small_data, session_cache, tmp_path):
     mark = tmp_path / "exit-handler-ran"
     config = StudyConfig(preset="smoke", data=str(small_data), cache_dir=str(session_cache), jobs=1, device="cpu")
