@@ -64,6 +64,7 @@ def test_other_errors_are_not_retried(error):
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_alias_moves_to_the_newest_version_registered_for_it(store):
     client = MlflowClient()
     client.create_registered_model("m")
@@ -86,6 +87,7 @@ with lifecycle.job_run("probe", "probe-" + sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_many_processes_opening_a_fresh_sqlite_store_all_record_their_runs(tmp_path):
     """Without the lock around schema creation, concurrent first use breaks MLflow's migrations."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
