@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imbadv.tracking.ui import group_alive
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = Path(os.environ.get(
     "IMBADV_TEST_DATA", REPO.parent / "shared" / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"))
@@ -188,25 +190,6 @@ def module_store(tmp_path_factory) -> Iterator[str]:
         yield uri
 
 
-def _group_is_running(pgid: int) -> bool:
-    """Whether a process of the group is still there (zombies do not count: they can do nothing more)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: reparented zombies get reaped
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while being read
-        if group == str(pgid) and state != "Z":
-            return True
-    return False
-
-
 @pytest.fixture(scope="session")
 def sigkill_group() -> Callable[[subprocess.Popen], None]:
     """SIGKILL a command started with start_new_session=True together with every process it started
@@ -218,7 +201,7 @@ def sigkill_group() -> Callable[[subprocess.Popen], None]:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         deadline = time.monotonic() + 120  # a safety net: killed processes go in milliseconds
-        while _group_is_running(process.pid):
+        while group_alive(process.pid):
             assert time.monotonic() < deadline, f"process group {process.pid} still runs 120 s after SIGKILL"
             time.sleep(0.05)
 

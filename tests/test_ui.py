@@ -19,7 +19,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import _group_is_running
 from mlflow.tracking import MlflowClient
 from tracking_server import free_port
 from typer.testing import CliRunner
@@ -128,7 +127,7 @@ def _server_is_gone(port: int, servers: list[int]) -> bool:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             return False
-    return not any(_group_is_running(pid) for pid in servers)
+    return not any(ui.group_alive(pid) for pid in servers)
 
 
 @pytest.mark.slow

@@ -103,14 +103,14 @@ def _stop(server: subprocess.Popen) -> None:
     deadline = time.monotonic() + STOP_SECONDS
     with contextlib.suppress(subprocess.TimeoutExpired):
         server.wait(timeout=STOP_SECONDS)
-    while _group_alive(server.pid) and time.monotonic() < deadline:
+    while group_alive(server.pid) and time.monotonic() < deadline:
         time.sleep(0.1)  # uvicorn, reparented when the mlflow command ends, finishes its shutdown
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
     server.wait()
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Whether a process of the group still runs. A zombie does not count: uvicorn, reparented when the
     mlflow command ends, may stay one until the machine's init reaps it."""
     proc = Path("/proc")
