@@ -129,17 +129,20 @@ def group_alive(pgid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends `imbadv ui` as Ctrl-C does, so the server is stopped either way."""
+def _stop_signals_interrupt() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM end `imbadv ui` with KeyboardInterrupt, so the server is stopped
+    either way, even where the shell that started it had SIGINT ignored (a background job of a
+    script), which Python would otherwise keep."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool = False,
@@ -158,7 +161,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool
     # A session of its own: a terminal's Ctrl-C reaches imbadv alone, which stops the whole server.
     server = subprocess.Popen(server_command(host, port), stdout=sys.stderr, start_new_session=True)
     try:
-        with _sigterm_as_interrupt():
+        with _stop_signals_interrupt():
             _wait_until_answering(server, base)
             url, found = experiment_url(base)
             _announce(f"MLflow UI on {tracking} (Ctrl-C stops it)", url, found, open_browser, echo)
