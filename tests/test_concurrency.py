@@ -68,7 +68,7 @@ def test_other_errors_are_not_retried(error):
 def test_alias_moves_to_the_newest_version_registered_for_it(store):
     client = MlflowClient()
     client.create_registered_model("m")
-    versions = [client.create_model_version("m", "file:///nowhere", tags={registry.TAG_ALIAS: alias}).version
+    versions = [client.create_model_version("m", "file:///nowhere", tags={names.VERSION_ALIAS: alias}).version
                 for alias in ("cpu-s0", "cpu-s0", "smoke-s0")]
     client.set_registered_model_alias("m", "cpu-s0", versions[0])  # stale: as a slower racer would leave it
     assert registry.point_alias_at_newest("m", "cpu-s0") == int(versions[1])

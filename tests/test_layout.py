@@ -125,3 +125,41 @@ def test_the_write_check_sees_a_direct_write(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("mlflow.log_metrics({})\nclient.delete_run('x')\nstore.call(mlflow.log_metrics, {})\n")
     assert _unretried_writes(bad) == ["bad.py:1 mlflow.log_metrics", "bad.py:2 client.delete_run"]
+
+
+def _writes_outside_the_log_module(path: Path) -> list[str]:
+    """MLflow writes named in a module: any `store.call`, any MLflow write function called or passed on."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Attribute):
+            continue
+        receiver = ast.unparse(node.value)
+        if (receiver == "store" and node.attr == "call") or (
+                WRITE.match(node.attr) and (receiver.split(".")[0] == "mlflow" or receiver in ("client", "MlflowClient()"))):
+            found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_jobs_study_and_report_write_to_mlflow_only_through_the_tracking_layer():
+    """Names and retries live in one place: the other layers call `tracking.log`, `lifecycle` or `registry`."""
+    paths = [p for layer in ("jobs", "study", "report") for p in sorted((PACKAGE / layer).glob("*.py"))]
+    paths += [PACKAGE / "cli.py"]
+    assert [w for p in paths for w in _writes_outside_the_log_module(p)] == []
+
+
+def test_the_log_module_check_sees_a_write(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("store.call(mlflow.set_tag, 'k', 'v')\nlog.metrics({})\nMlflowClient().log_artifacts('r', 'f')\n")
+    assert _writes_outside_the_log_module(bad) == ["bad.py:1 store.call", "bad.py:1 mlflow.set_tag",
+                                                   "bad.py:3 MlflowClient().log_artifacts"]
+
+
+def test_tag_names_are_spelled_only_in_the_names_module():
+    spelled = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "names.py":
+            continue
+        spelled += [f"{path.name}:{node.lineno} {node.value}" for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and node.value.startswith("imbadv.") and " " not in node.value]
+    assert spelled == []

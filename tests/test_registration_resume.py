@@ -64,5 +64,5 @@ def test_a_training_killed_after_registering_resumes_to_its_one_version(
     tags = dict(again.tags)
     assert registry.registered_by_run(client, run.info.run_id, name, tags).version == version.version
     assert registry.registered_by_run(client, run.info.run_id, name, {**tags, "onnx_sha256": "0" * 64}) is None
-    assert registry.registered_by_run(client, run.info.run_id, name, {**tags, registry.TAG_ALIAS: "smoke-s1"}) is None
+    assert registry.registered_by_run(client, run.info.run_id, name, {**tags, names.VERSION_ALIAS: "smoke-s1"}) is None
 

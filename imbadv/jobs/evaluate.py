@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +25,7 @@ from imbadv.core.data import ImageDataset
 from imbadv.core.gradient_pass import gradient_pass
 from imbadv.core.export import OnnxMismatch, onnx_logits, onnx_session
 from imbadv.core.inference import autocast, predict_logits, resolve_device, set_layout, to_unit
-from imbadv.tracking import lifecycle, log, names, store
+from imbadv.tracking import lifecycle, log, names
 from imbadv.jobs.shared import SharedWork, current, gradient_key, load_data, load_model, onnx_check_key
 from imbadv.tracking.registry import RegisteredModel, RegistryError
 
@@ -75,11 +74,11 @@ def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOu
         if config.target_label is not None and config.target_label >= dataset.num_classes:
             raise ConfigError(f"target label {config.target_label} is outside this dataset's "
                               f"{dataset.num_classes} classes: pass --target-label 0 to {dataset.num_classes - 1}")
-        store.call(mlflow.set_tags, {
+        log.tags({
             names.TAG_TARGET: f"{target.name}/{target.version}",
             names.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
             names.TAG_ATTACK: f"{config.attack}-{config.direction}", names.TAG_EPS: str(config.eps),
-            "imbadv.whitebox": str(source is target)})
+            names.TAG_WHITEBOX: str(source is target)})
         log.log_device(device, config.precision)
         result = attack_test_set(target, source, dataset, config, device, shared)
         onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device, shared)
@@ -144,7 +143,7 @@ def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: I
     adversarial_key = (source.uri, dataclasses.astuple(attack), *passes)
     if source is target:  # white-box: the target's own gradient
         adversarial, grad_logits = _craft(target, images, labels, attack, config, device, dataset.digest, shared)
-        if target.tags.get("sampling") == "balanced":  # the very set a black-box attack crafts from it
+        if target.tags.get(names.VERSION_SAMPLING) == "balanced":  # the very set a black-box attack crafts from it
             shared.put("adversarial", adversarial_key, adversarial)
         if clean_logits is None:
             clean_logits = shared.put("clean_logits", clean_key,
@@ -229,12 +228,12 @@ def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred
         return onnx_logits(session, dataset.test_images, INFERENCE_BATCH).argmax(1), session.get_providers()[0]
 
     # keyed by the file's hash: the train job of this process may have checked the same file already
-    key = onnx_check_key(target.tags["onnx_sha256"], INFERENCE_BATCH, device, dataset.digest)
+    key = onnx_check_key(target.tags[names.VERSION_ONNX_SHA256], INFERENCE_BATCH, device, dataset.digest)
     onnx_pred, provider = shared.get_or_compute("onnx_predictions", key, onnx_predictions)
     disagreement = float((onnx_pred != torch_pred).mean())
-    store.call(mlflow.log_metrics, {"onnx_clean_acc": float((onnx_pred == dataset.test_labels).mean()),
-                        "onnx_agreement": 1.0 - disagreement})
-    store.call(mlflow.set_tag, names.TAG_ONNX_PROVIDER, provider)
+    log.metrics({names.ONNX_CLEAN_ACC: float((onnx_pred == dataset.test_labels).mean()),
+                 names.ONNX_AGREEMENT: 1.0 - disagreement})
+    log.tags({names.TAG_ONNX_PROVIDER: provider})
     if disagreement > config.max_onnx_disagreement:
         raise OnnxMismatch(f"PyTorch and onnxruntime disagree on {disagreement:.2%} of test images (limit "
                            f"{config.max_onnx_disagreement:.2%}): {target.uri}'s ONNX file does not match its "
@@ -251,18 +250,19 @@ def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, data
     drop = metrics.relative_drop(clean_acc, adv_acc)
     onnx_acc = metrics.per_class_accuracy(metrics.confusion_matrix(labels, onnx_pred, k))
     success = metrics.attack_success_rate(labels, result.clean_pred, result.adv_pred, k)
-    values = {"clean_acc": float((result.clean_pred == labels).mean()),
-              "adv_acc": float((result.adv_pred == labels).mean()),
-              "success_rate": float(metrics.attack_success_rate(labels, result.clean_pred, result.adv_pred, 1,
-                                                                by_class=False)[0])}
-    for c in range(k):
-        values |= {f"clean_acc_c{c}": clean_acc[c], f"adv_acc_c{c}": adv_acc[c], f"rel_drop_c{c}": drop[c],
-                   f"success_rate_c{c}": success[c]}
-    store.call(mlflow.log_metrics, {key: float(v) for key, v in values.items() if np.isfinite(v)})
+    per_class = {names.CLEAN_ACC: clean_acc, names.ADV_ACC: adv_acc, names.REL_DROP: drop,
+                 names.SUCCESS_RATE: success}
+    values = {names.CLEAN_ACC: float((result.clean_pred == labels).mean()),
+              names.ADV_ACC: float((result.adv_pred == labels).mean()),
+              names.SUCCESS_RATE: float(metrics.attack_success_rate(labels, result.clean_pred, result.adv_pred, 1,
+                                                                    by_class=False)[0])}
+    values |= {names.per_class(metric, c): float(by_class[c]) for metric, by_class in per_class.items()
+               for c in range(k)}
+    log.metrics({key: v for key, v in values.items() if np.isfinite(v)})
 
     rows = [{"class_id": c, "class_name": class_names[c], "images": int(clean_cm[c].sum()),
-             "clean_acc": float(clean_acc[c]), "adv_acc": float(adv_acc[c]), "rel_drop": float(drop[c]),
-             "success_rate": float(success[c]), "onnx_clean_acc": float(onnx_acc[c])} for c in range(k)]
+             **{metric: float(by_class[c]) for metric, by_class in per_class.items()},
+             names.ONNX_CLEAN_ACC: float(onnx_acc[c])} for c in range(k)]
     title = f"{config.attack} {config.direction}, eps={config.eps:g}, source={config.source}"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -277,5 +277,5 @@ def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, data
         plots.plot_adversarial_grid(result.clean_examples, result.adv_examples, labels[shown],
                                     result.clean_pred[shown], result.adv_pred[shown], class_names, title,
                                     folder / names.GRID_ARTIFACT)
-        store.call(mlflow.log_artifacts, tmp)
+        log.artifacts(tmp)
     return rows

@@ -75,7 +75,7 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
         log.log_dataset(dataset, "training")
         checkpoint = _load_checkpoint(run.info.run_id) if resume_id else None
         if group is not None:
-            store.call(mlflow.set_tag, names.TAG_GROUP_SIZE, str(group.size))
+            log.tags({names.TAG_GROUP_SIZE: str(group.size)})
         network = _train_network(config, dataset, device, checkpoint, group)
         test_logits = predict_logits(network, torch.from_numpy(dataset.test_images).to(device),
                                      config.eval_batch_size)
@@ -109,7 +109,7 @@ def _save_checkpoint(state: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(names.CHECKPOINT_ARTIFACT).name
         torch.save(state, path)
-        store.call(mlflow.log_artifact, str(path), names.CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
+        log.artifact(path, names.CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
 
 
 _EXPORT_LOCK = threading.Lock()
@@ -118,40 +118,39 @@ _EXPORT_LOCK = threading.Lock()
 def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.device,
                    checkpoint: dict | None, group: TrainingGroup | None = None) -> VGG:
     split = sample_split(dataset.train_labels, config, dataset.num_classes)
-    store.call(mlflow.log_text, "\n".join(map(str, split.train.tolist())), names.TRAIN_INDICES_ARTIFACT)
-    store.call(mlflow.log_text, "\n".join(map(str, split.val.tolist())), names.VAL_INDICES_ARTIFACT)
+    log.text("\n".join(map(str, split.train.tolist())), names.TRAIN_INDICES_ARTIFACT)
+    log.text("\n".join(map(str, split.val.tolist())), names.VAL_INDICES_ARTIFACT)
     counts = np.bincount(dataset.train_labels[split.train], minlength=dataset.num_classes)
-    store.call(mlflow.log_params, {"train_images": len(split.train), "val_images": len(split.val),
-                       "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images"
-                                     if config.val_fraction else "none"),
-                       "train_counts": ",".join(map(str, counts.tolist()))})
+    log.params({"train_images": len(split.train), "val_images": len(split.val),
+                "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images"
+                              if config.val_fraction else "none"),
+                "train_counts": ",".join(map(str, counts.tolist())), "init_seed": config.init_seed})
 
     network = initial_network(config, dataset.num_classes).to(device)
-    store.call(mlflow.log_param, "init_seed", config.init_seed)
-    store.call(mlflow.set_tag, names.TAG_INIT_SHA256, weights_sha256(network))
+    log.tags({names.TAG_INIT_SHA256: weights_sha256(network)})
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(device)
 
     result = train(network, as_tensor(dataset.train_images[split.train]), as_tensor(dataset.train_labels[split.train]),
                    as_tensor(dataset.train_images[split.val]), as_tensor(dataset.train_labels[split.val]), config,
-                   on_epoch=lambda m: store.call(mlflow.log_metrics, m.as_dict(), step=m.epoch),
+                   on_epoch=lambda m: log.metrics(m.as_dict(), step=m.epoch),
                    on_checkpoint=_save_checkpoint, resume_from=checkpoint, group=group)
-    store.call(mlflow.log_metrics, {"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
-    store.call(mlflow.set_tag, "imbadv.stopped_early", str(result.stopped_early))
+    log.metrics({names.BEST_EPOCH: result.best_epoch, names.EPOCHS_RUN: len(result.history)})
+    log.tags({names.TAG_STOPPED_EARLY: str(result.stopped_early)})
     return network
 
 
 def _log_test_metrics(predictions: np.ndarray, dataset: ImageDataset) -> None:
     confusion = metrics.confusion_matrix(dataset.test_labels, predictions, dataset.num_classes)
     per_class = metrics.per_class_accuracy(confusion)
-    store.call(mlflow.log_metrics, {"test_acc": float((predictions == dataset.test_labels).mean()),
-                        **{f"test_acc_c{k}": float(acc) for k, acc in enumerate(per_class)}})
+    log.metrics({names.TEST_ACC: float((predictions == dataset.test_labels).mean()),
+                 **{names.per_class(names.TEST_ACC, k): float(acc) for k, acc in enumerate(per_class)}})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         metrics.write_confusion_csv(confusion, dataset.class_names, folder / "test.csv")
         plots.plot_confusion(confusion, dataset.class_names, "Clean test set", folder / "test.png")
-        store.call(mlflow.log_artifacts, tmp, names.CONFUSION_DIR)
+        log.artifacts(tmp, names.CONFUSION_DIR)
 
 
 def _export(network: VGG, path: Path, shared: SharedWork) -> None:
@@ -184,8 +183,8 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
         session = onnx_session(files["onnx"], device)
         check = compare_with_torch(network, session, torch.from_numpy(dataset.test_images), config.eval_batch_size,
                                    test_logits)
-        store.call(mlflow.log_metrics, {"onnx_agreement": check.agreement, "onnx_max_abs_diff": check.max_abs_diff})
-        store.call(mlflow.set_tag, names.TAG_ONNX_PROVIDER, session.get_providers()[0])
+        log.metrics({names.ONNX_AGREEMENT: check.agreement, names.ONNX_MAX_ABS_DIFF: check.max_abs_diff})
+        log.tags({names.TAG_ONNX_PROVIDER: session.get_providers()[0]})
         shared.put("onnx_predictions", onnx_check_key(sha256_file(files["onnx"]), config.eval_batch_size, device,
                                                       dataset.digest),
                    (check.onnx_logits.argmax(1), session.get_providers()[0]))  # for this model's evaluations
@@ -194,15 +193,17 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
                                f"{1.0 - MAX_ONNX_DISAGREEMENT:.1%}: the export is wrong; the model was not registered")
         name = names.registered_model_name(dataset.name, config.sampling, config.class_id)
         alias = names.model_alias(config.preset, config.seed)
-        tags = {"sampling": config.sampling, "class_id": "" if config.class_id is None else str(config.class_id),
-                "class_name": "" if config.class_id is None else dataset.class_names[config.class_id],
-                "preset": config.preset, "seed": str(config.seed), "dataset": dataset.name,
-                "dataset_digest": dataset.digest, "git_commit": provenance.git_commit(),
-                "code_version": provenance.code_version(),
-                "onnx_sha256": sha256_file(files["onnx"]), "weights_sha256": sha256_file(files["weights"]),
-                "run_id": run_id}
+        tags = {names.VERSION_SAMPLING: config.sampling,
+                names.VERSION_CLASS_ID: "" if config.class_id is None else str(config.class_id),
+                names.VERSION_CLASS_NAME: "" if config.class_id is None else dataset.class_names[config.class_id],
+                names.VERSION_PRESET: config.preset, names.VERSION_SEED: str(config.seed),
+                names.VERSION_DATASET: dataset.name, names.VERSION_DATASET_DIGEST: dataset.digest,
+                names.VERSION_GIT_COMMIT: provenance.git_commit(),
+                names.VERSION_CODE_VERSION: provenance.code_version(),
+                names.VERSION_ONNX_SHA256: sha256_file(files["onnx"]),
+                names.VERSION_WEIGHTS_SHA256: sha256_file(files["weights"]), names.VERSION_RUN_ID: run_id}
         if step_key := lifecycle.current_step_key():
-            tags["step_key"] = step_key
+            tags[names.VERSION_STEP_KEY] = step_key
         version = registry.log_and_register(files, name, alias, tags)
     test_acc = float((test_logits.argmax(1).cpu().numpy() == dataset.test_labels).mean())
     print(f"registered {name} version {version.version} (alias {alias}); test_acc {test_acc:.4f}")

@@ -18,6 +18,7 @@ from scipy import stats
 
 from imbadv.report.cells import TABLE1_CELLS
 from imbadv.tracking.results import StudyResults
+from imbadv.tracking.names import ADV_ACC, SUCCESS_RATE
 
 TABLE1_EPS = 0.01  # section 3.2
 QUOTE_TOLERANCE = 0.05  # how close a quoted mean must be, in accuracy (5 percentage points)
@@ -93,7 +94,7 @@ def study_classes(results: StudyResults) -> list[int]:
     ran = {e.class_id for e in results.evaluations if e.class_id is not None}
     if not ran:
         ran = {k for e in results.evaluations for k in range(len(results.class_names))
-               if math.isfinite(e.per_class("adv_acc", k))}
+               if math.isfinite(e.per_class(ADV_ACC, k))}
     return sorted(k for k in ran if k < len(results.class_names))
 
 
@@ -111,7 +112,7 @@ def study_scope(results: StudyResults) -> str:
 
 
 def cell_values(results: StudyResults, eps: float, sampling: str, source: str, class_id: int,
-                metric: str = "adv_acc") -> tuple[float, ...]:
+                metric: str = ADV_ACC) -> tuple[float, ...]:
     """One Table 1 cell across seeds: `metric` of the target class `class_id`."""
     out = []
     for seed in results.seeds:
@@ -121,7 +122,7 @@ def cell_values(results: StudyResults, eps: float, sampling: str, source: str, c
     return tuple(out)
 
 
-def table1(results: StudyResults, eps: float = TABLE1_EPS, metric: str = "adv_acc") -> list[dict[str, object]]:
+def table1(results: StudyResults, eps: float = TABLE1_EPS, metric: str = ADV_ACC) -> list[dict[str, object]]:
     """Rows per class: for each column, our Estimate and the paper's value."""
     paper = {int(row["class_id"]): row for row in paper_table()}
     rows = []
@@ -310,7 +311,7 @@ def claims(results: StudyResults, eps: float = TABLE1_EPS) -> list[Claim]:
 def _success_claim(results: StudyResults, eps: float, sampling: str) -> Claim:
     """Black-box weaker than white-box, judged by the attack's success among the images the target had
     right before the attack: a low clean accuracy caps both columns' accuracies, not the success rate."""
-    rows = table1(results, eps, metric="success_rate")
+    rows = table1(results, eps, metric=SUCCESS_RATE)
     whitebox, blackbox = f"whitebox_{sampling}sample", f"blackbox_{sampling}sample"
     both = [k for k in with_results(rows, whitebox) if k in with_results(rows, blackbox)]
     n = len(results.seeds)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imbadv.tracking.names import CLEAN_ACC, REL_DROP, SUCCESS_RATE
+
 SAMPLING_ORDER = ("balanced", "under", "over")
 
 
@@ -50,7 +52,7 @@ WHITEBOX_CELLS = tuple(c for c in CELLS if c.whitebox)
 
 # The measures beyond the paper that separate vulnerability from accuracy: (column, cell, metric).
 BEYOND = (
-    *((f"clean_{c.sampling}", c, "clean_acc") for c in WHITEBOX_CELLS),
-    *((f"success_{c.short}", c, "success_rate") for c in CELLS),
-    *((f"drop_{c.short}", c, "rel_drop") for c in WHITEBOX_CELLS if c.sampling != "balanced"),
+    *((f"clean_{c.sampling}", c, CLEAN_ACC) for c in WHITEBOX_CELLS),
+    *((f"success_{c.short}", c, SUCCESS_RATE) for c in CELLS),
+    *((f"drop_{c.short}", c, REL_DROP) for c in WHITEBOX_CELLS if c.sampling != "balanced"),
 )

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from imbadv.report.analysis import TABLE1_EPS, Estimate, cell_values, class_scope, confusion_share, study_classes
 from imbadv.report.cells import CELLS
 from imbadv.tracking.results import StudyResults
+from imbadv.tracking.names import CLEAN_ACC, REL_DROP
 
 PAIRS = (("cat", "dog"), ("dog", "cat"), ("automobile", "truck"), ("truck", "automobile"))
 MISSING = "n/a"  # the mark drawn where a cell has no results
@@ -83,7 +84,7 @@ def clean_accuracy_figure(results: StudyResults, eps: float = TABLE1_EPS) -> Fig
     """Figure 3: clean accuracy on class c of the balanced, under-sampled(c) and over-sampled(c) models."""
     models = (("balanced", "balanced", "self"), ("under-sampled c", "under", "self"),
               ("over-sampled c", "over", "self"))
-    return _per_class_bars(results, eps, "clean_acc", models, "clean accuracy on class c (%)",
+    return _per_class_bars(results, eps, CLEAN_ACC, models, "clean accuracy on class c (%)",
                            "Clean accuracy of each model on its class c")
 
 
@@ -93,7 +94,7 @@ def clean_accuracy(results: StudyResults, path: Path, eps: float = TABLE1_EPS) -
 
 def relative_drop_figure(results: StudyResults, eps: float = TABLE1_EPS) -> Figure:
     """Figure 5: relative accuracy drop on class c, (clean - adversarial) / clean, per model and attack."""
-    return _per_class_bars(results, eps, "rel_drop", ATTACKED, "relative drop on class c (%)",
+    return _per_class_bars(results, eps, REL_DROP, ATTACKED, "relative drop on class c (%)",
                            f"Relative accuracy drop under FGSM, eps={eps:g}")
 
 

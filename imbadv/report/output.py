@@ -8,22 +8,21 @@ import html
 import math
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from imbadv.config import ConfigError
 from imbadv.report import cells, figures
 from imbadv.report.analysis import (COLUMNS, PAPER_BALANCED_CLEAN_ACCURACY, SHARE, TABLE1_EPS, Estimate, cell_values,
                                     claims, class_scope, column_means, is_plumbing, paper_column_means, study_scope,
                                     table1, with_results)
 from imbadv.report.saved import RESULTS_FILE, read_results_files, write_results_file
-from imbadv.tracking import store
+from imbadv.tracking import log
+from imbadv.tracking.names import CLEAN_ACC, REL_DROP, SUCCESS_RATE
 from imbadv.tracking.results import StudyResults
 
 # (column, sampling, source, metric): the measures beyond the paper, from the one table of cells.
 BEYOND = tuple((column, cell.sampling, cell.source, metric) for column, cell, metric in cells.BEYOND)
 # The range each measure can take, to which its interval is cut: a relative drop is at most 1 (an
 # attack that leaves nothing right) and below 0 where the attack raised the accuracy.
-BEYOND_BOUNDS = {"clean_acc": SHARE, "success_rate": SHARE, "rel_drop": (-math.inf, 1.0)}
+BEYOND_BOUNDS = {CLEAN_ACC: SHARE, SUCCESS_RATE: SHARE, REL_DROP: (-math.inf, 1.0)}
 
 
 def _pct(value: float, sign: str = "") -> str:
@@ -33,7 +32,7 @@ def _pct(value: float, sign: str = "") -> str:
 def _table1_markdown(results: StudyResults, eps: float) -> tuple[list[list[str]], list[list[str]]]:
     """Each cell: our accuracy, the attacked model's clean accuracy on the class in brackets (the
     ceiling of the cell), then the paper's accuracy (the paper gives no per-class clean accuracy)."""
-    rows, clean = table1(results, eps), table1(results, eps, metric="clean_acc")
+    rows, clean = table1(results, eps), table1(results, eps, metric=CLEAN_ACC)
     header = ["class"] + [f"{c} ours (clean) / paper" for c, _, _ in COLUMNS]
     body = [[str(r["class_name"])] + [f"{r[c].text()} ({_pct(k[c].mean)}) / {_pct(r['paper_' + c])}"
                                       for c, _, _ in COLUMNS] for r, k in zip(rows, clean, strict=True)]
@@ -47,7 +46,7 @@ def _table1_markdown(results: StudyResults, eps: float) -> tuple[list[list[str]]
 
 def balanced_clean_accuracy(results: StudyResults, eps: float = TABLE1_EPS) -> Estimate:
     """The balanced model's clean accuracy on the whole test set, across seeds."""
-    values = [e.metrics.get("clean_acc", float("nan")) for seed in results.seeds
+    values = [e.metrics.get(CLEAN_ACC, float("nan")) for seed in results.seeds
               if (e := results.find(seed, eps, "balanced", None, "self")) is not None]
     return Estimate(tuple(values), SHARE)
 
@@ -95,7 +94,7 @@ def _write_csvs(results: StudyResults, eps: float, folder: Path) -> None:
             header += [f"{column}_ours", f"{column}_ours_ci_low", f"{column}_ours_ci_high", f"{column}_paper",
                        f"{column}_diff", f"{column}_clean"]
         writer.writerow(header)
-        clean = table1(results, eps, metric="clean_acc")
+        clean = table1(results, eps, metric=CLEAN_ACC)
         for r, k in zip(rows, clean, strict=True):
             line = [r["class_id"], r["class_name"]]
             for column, _, _ in COLUMNS:
@@ -211,7 +210,7 @@ def _html(results: StudyResults, warning: str, intro: str, note: str, header, bo
 def attach_to_study(results: StudyResults, folder: Path) -> None:
     """Log the report as artifacts of the study's parent run, when there is one."""
     if results.study_run_id:
-        store.call(MlflowClient().log_artifacts, results.study_run_id, str(folder), "report")
+        log.artifacts(folder, "report", run_id=results.study_run_id)
 
 
 def run_report(preset: str, data: str, output_dir: str, attack_loss: str = "logits") -> Path:

@@ -27,7 +27,7 @@ from imbadv.study.config import StudyConfig
 from imbadv.study.plan import Step, plan, step_key
 from imbadv.study.runner import StepContext, StudyOutcome, StudyRun
 from imbadv.study.schedule import Model, model_of
-from imbadv.tracking import names, provenance, store
+from imbadv.tracking import lifecycle, log, names, provenance, store
 
 try:
     import fcntl
@@ -62,9 +62,8 @@ def run_study(config: StudyConfig, pool: ProcessPoolExecutor | None = None) -> S
         study = _set_up(config, steps, dataset.digest, code_versions, parent, executor.threads(config))
         executor.drive(study, pool)
         study.outcome.seconds = time.monotonic() - start
-        store.call(mlflow.log_metrics, {"steps_total": len(steps), "steps_reused": len(study.outcome.reused),
-                                        "steps_ran": len(study.outcome.ran),
-                                        "steps_failed": len(study.outcome.failed)})
+        log.metrics({names.STEPS_TOTAL: len(steps), names.STEPS_REUSED: len(study.outcome.reused),
+                     names.STEPS_RAN: len(study.outcome.ran), names.STEPS_FAILED: len(study.outcome.failed)})
         if study.outcome.failed:
             raise StudyFailed(f"{len(study.outcome.failed)} study steps failed, first: {study.outcome.failed[0]}; "
                               "rerun the same command to complete the rest")
@@ -101,13 +100,12 @@ def _parent_run(config: StudyConfig, dataset_name: str, dataset_digest: str,
     under_project = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` made the study's run
     store.prepare(None if under_project else names.EXPERIMENT)
     parent_id = None if under_project else _existing_parent(study_key)
-    with store.call(mlflow.start_run, run_id=parent_id, run_name=f"study-{dataset_name}-{config.preset}") as parent:
-        store.call(mlflow.set_tags, {names.TAG_JOB: "study", names.TAG_STUDY_KEY: study_key,
-                                     names.TAG_ENGINE: config.engine, names.TAG_EXECUTOR: config.executor,
-                                     **provenance.provenance_tags(), names.TAG_DATASET: dataset_name,
-                                     names.TAG_DATASET_DIGEST: dataset_digest})
+    with lifecycle.open_run(parent_id, f"study-{dataset_name}-{config.preset}") as parent:
+        log.tags({names.TAG_JOB: "study", names.TAG_STUDY_KEY: study_key, names.TAG_ENGINE: config.engine,
+                  names.TAG_EXECUTOR: config.executor, **provenance.provenance_tags(), names.TAG_DATASET: dataset_name,
+                  names.TAG_DATASET_DIGEST: dataset_digest})
         if parent_id is None:
-            store.call(mlflow.log_params, {names.CONFIG_PARAM_PREFIX + k: str(v) for k, v in config.identity.items()})
+            log.params({names.CONFIG_PARAM_PREFIX + k: str(v) for k, v in config.identity.items()})
         yield parent
 
 

@@ -23,7 +23,7 @@ from imbadv.study import reuse
 from imbadv.study.config import StudyConfig
 from imbadv.study.plan import Step
 from imbadv.study.schedule import Model, model_of
-from imbadv.tracking import lifecycle, names, store
+from imbadv.tracking import lifecycle, names
 
 # (step key, run id, error): one finished step of a task; run id None when it failed
 StepResult = tuple[str, str | None, str | None]
@@ -154,7 +154,7 @@ def discard_unfinished(experiment_id: str, step: Step) -> None:
                                   "and attributes.status != 'FINISHED'"):
         resumable = run.info.status in keep and names.TAG_TRAIN_KEY in run.data.tags  # killed before its key
         if not resumable:
-            store.call(client.delete_run, run.info.run_id)
+            lifecycle.delete_run(run.info.run_id)
 
 
 @dataclass

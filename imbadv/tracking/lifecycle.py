@@ -71,5 +71,14 @@ def job_run(job: str, run_name: str, run_id: str | None = None,
         store.call(mlflow.end_run, status)
 
 
+def open_run(run_id: str | None, run_name: str) -> mlflow.ActiveRun:
+    """Start run `run_id` again, or a new run named `run_name` (a context manager, as `mlflow.start_run`)."""
+    return store.call(mlflow.start_run, run_id=run_id, run_name=run_name)
+
+
+def delete_run(run_id: str) -> None:
+    store.call(MlflowClient().delete_run, run_id)
+
+
 def _env_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID")

@@ -1,4 +1,5 @@
-"""MLflow names, defined once: the experiment, run tags, registry names and artifact paths."""
+"""MLflow names, defined once: the experiment, metrics, run and version tags, registry names and
+artifact paths. Every module that reads or writes one of them takes it from here."""
 
 from __future__ import annotations
 
@@ -36,6 +37,45 @@ TAG_INIT_SHA256 = "imbadv.init_sha256"  # a training's initial weights: equal on
 TAG_THREADS = "imbadv.threads"  # torch's intra-op threads: bit-identical weights need the same count
 TAG_DEVICE = "imbadv.device"  # the torch device the run computed on
 TAG_BF16_NATIVE = "imbadv.bf16_native"  # under bf16: whether the device has bf16 matrix units
+TAG_WHITEBOX = "imbadv.whitebox"  # an evaluation whose source is its target
+TAG_STOPPED_EARLY = "imbadv.stopped_early"  # a training that early stopping ended
+TAG_PYTHON = "imbadv.python"  # the Python version a run ran under
+TAG_PACKAGE_VERSION_PREFIX = "imbadv.version."  # + a package name: its installed version
+
+# Metrics. Per class: `per_class(metric, k)`.
+TEST_ACC = "test_acc"  # a training's clean accuracy on the test set
+BEST_EPOCH = "best_epoch"
+EPOCHS_RUN = "epochs_run"
+CLEAN_ACC = "clean_acc"  # an evaluation's clean accuracy on the images it attacks
+ADV_ACC = "adv_acc"  # accuracy on the adversarial images
+REL_DROP = "rel_drop"  # (clean - adversarial) / clean accuracy
+SUCCESS_RATE = "success_rate"  # share of the correctly classified images that the attack turns wrong
+ONNX_CLEAN_ACC = "onnx_clean_acc"  # clean accuracy in onnxruntime
+ONNX_AGREEMENT = "onnx_agreement"  # share of images on which onnxruntime and PyTorch agree
+ONNX_MAX_ABS_DIFF = "onnx_max_abs_diff"  # largest |logit difference| between onnxruntime and PyTorch
+STEPS_TOTAL, STEPS_REUSED, STEPS_RAN, STEPS_FAILED = "steps_total", "steps_reused", "steps_ran", "steps_failed"
+
+
+def per_class(metric: str, k: int) -> str:
+    """The metric's name for class `k`: `<metric>_c<k>`."""
+    return f"{metric}_c{k}"
+
+
+# Tags on registered model versions: what the version is and where it came from.
+VERSION_SAMPLING = "sampling"
+VERSION_CLASS_ID = "class_id"  # "" for the balanced model
+VERSION_CLASS_NAME = "class_name"
+VERSION_PRESET = "preset"
+VERSION_SEED = "seed"
+VERSION_DATASET = "dataset"
+VERSION_DATASET_DIGEST = "dataset_digest"
+VERSION_GIT_COMMIT = "git_commit"
+VERSION_CODE_VERSION = "code_version"
+VERSION_ONNX_SHA256 = "onnx_sha256"
+VERSION_WEIGHTS_SHA256 = "weights_sha256"
+VERSION_RUN_ID = "run_id"
+VERSION_STEP_KEY = "step_key"  # set when a study step trained it
+VERSION_ALIAS = "alias"  # the alias (<preset>-s<seed>) the version was registered for
 
 # Artifact paths.
 MODEL_ARTIFACT = "model"

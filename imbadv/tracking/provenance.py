@@ -13,7 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from imbadv.tracking.names import TAG_CODE_VERSION, TAG_EVALUATE_CODE_VERSION, TAG_GIT_COMMIT, TAG_TRAIN_CODE_VERSION
+from imbadv.tracking.names import (TAG_CODE_VERSION, TAG_EVALUATE_CODE_VERSION, TAG_GIT_COMMIT,
+                                   TAG_PACKAGE_VERSION_PREFIX, TAG_PYTHON, TAG_TRAIN_CODE_VERSION)
 
 PACKAGES = ("torch", "torchvision", "mlflow", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the imbadv package
@@ -86,12 +87,12 @@ def code_versions() -> dict[str, str]:
 
 
 def provenance_tags() -> dict[str, str]:
-    tags = {TAG_GIT_COMMIT: git_commit(), TAG_CODE_VERSION: code_version(), "imbadv.python": platform.python_version(),
+    tags = {TAG_GIT_COMMIT: git_commit(), TAG_CODE_VERSION: code_version(), TAG_PYTHON: platform.python_version(),
             TAG_TRAIN_CODE_VERSION: code_version(part="train"),
             TAG_EVALUATE_CODE_VERSION: code_version(part="evaluate")}
     for package in PACKAGES:
         try:
-            tags[f"imbadv.version.{package}"] = metadata.version(package)
+            tags[TAG_PACKAGE_VERSION_PREFIX + package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
     return tags

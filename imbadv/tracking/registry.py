@@ -36,7 +36,6 @@ ONNX_FILE = "model.onnx"
 PIP_REQUIREMENTS = ["mlflow>=3", "numpy", "onnxruntime", "pandas"]
 # One mid-grey image, uint8 and channels last: the format image files decode to.
 INPUT_EXAMPLE = np.full((1, 32, 32, 3), 128, dtype=np.uint8)
-TAG_ALIAS = "alias"  # version tag: the alias (<preset>-s<seed>) the version was registered for
 
 
 class RegistryError(LookupError):
@@ -83,7 +82,7 @@ def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[s
     class_names = json.loads(files["spec"].read_text())["class_names"]
     client = MlflowClient()
     run_id = mlflow.active_run().info.run_id
-    tags = {**tags, TAG_ALIAS: alias}
+    tags = {**tags, names.VERSION_ALIAS: alias}
     version = registered_by_run(client, run_id, name, tags)
     if version is None:
         info = store.call(mlflow.pyfunc.log_model, name=names.MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
@@ -96,7 +95,7 @@ def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[s
         for key, value in tags.items():
             if version.tags.get(key) != value:
                 store.call(client.set_model_version_tag, name, str(version.version), key, value)
-    test_acc = store.call(client.get_run, run_id).data.metrics.get("test_acc")
+    test_acc = store.call(client.get_run, run_id).data.metrics.get(names.TEST_ACC)
     description = version_description(f"models:/{name}/{version.version}", tags, test_acc, class_names)
     version = store.call(client.update_model_version, name, str(version.version), description=description)
     point_alias_at_newest(name, alias)
@@ -105,7 +104,7 @@ def log_and_register(files: dict[str, Path], name: str, alias: str, tags: dict[s
 
 def registered_by_run(client: MlflowClient, run_id: str, name: str, tags: dict[str, str]) -> ModelVersion | None:
     """The version of `name` that run `run_id` registered for the same files and alias (`tags`), if any."""
-    same = ("weights_sha256", "onnx_sha256", TAG_ALIAS)
+    same = (names.VERSION_WEIGHTS_SHA256, names.VERSION_ONNX_SHA256, names.VERSION_ALIAS)
     versions = [v for v in store.call(client.search_model_versions, f"run_id = '{run_id}'")
                 if v.name == name and all(v.tags.get(key) == tags[key] for key in same)]
     return max(versions, key=lambda v: int(v.version), default=None)
@@ -134,13 +133,14 @@ def usage_snippet(uri: str) -> str:
 def version_description(uri: str, tags: dict[str, str], test_acc: float | None, class_names: list[str]) -> str:
     """Markdown for a version: what it is (dataset, sampling, class, preset, seed, clean test accuracy)
     and how to call it."""
-    sampling = tags["sampling"]
-    if tags["class_id"]:
-        sampling += f" (class {tags['class_id']}, {tags['class_name']}, {sampling}-sampled)"
+    sampling, class_id = tags[names.VERSION_SAMPLING], tags[names.VERSION_CLASS_ID]
+    if class_id:
+        sampling += f" (class {class_id}, {tags[names.VERSION_CLASS_NAME]}, {sampling}-sampled)"
     accuracy = "not recorded" if test_acc is None else f"{test_acc:.4f}"
     columns = pyfunc_model.probability_columns(class_names)
-    return (f"imbadv VGG classifier. Dataset {tags['dataset']}, sampling {sampling}, preset {tags['preset']}, "
-            f"seed {tags['seed']}; clean test accuracy {accuracy} (run {tags['run_id']}).\n\n"
+    return (f"imbadv VGG classifier. Dataset {tags[names.VERSION_DATASET]}, sampling {sampling}, "
+            f"preset {tags[names.VERSION_PRESET]}, seed {tags[names.VERSION_SEED]}; clean test accuracy {accuracy} "
+            f"(run {tags[names.VERSION_RUN_ID]}).\n\n"
             "Input: images as uint8 (0-255) or float ([0, 1]) pixels, shape (N, 3, 32, 32) or (N, 32, 32, 3). "
             f"Output: a DataFrame, one row per image in input order: {pyfunc_model.CLASS_COLUMN}, "
             f"{pyfunc_model.INDEX_COLUMN} and each class's probability ({', '.join(columns)}).\n\n"
@@ -165,7 +165,7 @@ def point_alias_at_newest(name: str, alias: str) -> int:
 
 def _newest_version(client: MlflowClient, name: str, alias: str) -> int:
     versions = store.call(client.search_model_versions, f"name = '{name}'")
-    return max(int(v.version) for v in versions if v.tags.get(TAG_ALIAS) == alias)
+    return max(int(v.version) for v in versions if v.tags.get(names.VERSION_ALIAS) == alias)
 
 
 def resolve_version(uri: str) -> ModelVersion:
@@ -193,7 +193,7 @@ def load_registered(uri: str, device: torch.device) -> RegisteredModel:
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
     artifacts = local / "artifacts"
     weights, spec_path, onnx_path = artifacts / WEIGHTS_FILE, artifacts / SPEC_FILE, artifacts / ONNX_FILE
-    for path, tag in ((weights, "weights_sha256"), (onnx_path, "onnx_sha256")):
+    for path, tag in ((weights, names.VERSION_WEIGHTS_SHA256), (onnx_path, names.VERSION_ONNX_SHA256)):
         expected = version.tags.get(tag)
         if not path.exists() or expected is None or sha256_file(path) != expected:
             raise RegistryError(f"{uri}: {path.name} does not match the SHA-256 recorded at training "
@@ -233,6 +233,6 @@ def describe(name: str) -> dict[str, Any]:
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
         number = str(version.version)
         versions.append({"version": number, "aliases": sorted(aliases_by_version.get(number, [])),
-                         "test_acc": metrics.get("test_acc"), "onnx_agreement": metrics.get("onnx_agreement"),
+                         "test_acc": metrics.get(names.TEST_ACC), "onnx_agreement": metrics.get(names.ONNX_AGREEMENT),
                          "run_id": version.run_id, "tags": dict(version.tags)})
     return {"name": name, "versions": versions}

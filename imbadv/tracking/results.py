@@ -37,7 +37,7 @@ class Evaluation:
     source_version: str = ""  # <name>/<version> of the black-box source, "self" when white-box
 
     def per_class(self, name: str, k: int) -> float:
-        return self.metrics.get(f"{name}_c{k}", float("nan"))
+        return self.metrics.get(names.per_class(name, k), float("nan"))
 
     @property
     def cell(self) -> tuple[int, float, str, int | None, str]:
