@@ -134,8 +134,8 @@ def _writes_outside_the_log_module(path: Path) -> list[str]:
         if not isinstance(node, ast.Attribute):
             continue
         receiver = ast.unparse(node.value)
-        if (receiver == "store" and node.attr == "call") or (
-                WRITE.match(node.attr) and (receiver.split(".")[0] == "mlflow" or receiver in ("client", "MlflowClient()"))):
+        mlflow_object = receiver.split(".")[0] == "mlflow" or receiver in ("client", "MlflowClient()")
+        if (receiver == "store" and node.attr == "call") or (WRITE.match(node.attr) and mlflow_object):
             found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
     return found
 
