@@ -16,7 +16,8 @@ from imbadv.report.analysis import (COLUMNS, PAPER_BALANCED_CLEAN_ACCURACY, SHAR
 from imbadv.report.saved import RESULTS_FILE, read_results_files, write_results_file
 from imbadv.tracking import log
 from imbadv.tracking.names import CLEAN_ACC, REL_DROP, SUCCESS_RATE
-from imbadv.tracking.results import StudyResults
+from imbadv.report.audit import audit_rows, audit_summary, write_audit
+from imbadv.tracking.results import PAPER_ATTACK, StudyResults
 
 # (column, sampling, source, metric): the measures beyond the paper, from the one table of cells.
 BEYOND = tuple((column, cell.sampling, cell.source, metric) for column, cell, metric in cells.BEYOND)
@@ -119,8 +120,42 @@ def _write_csvs(results: StudyResults, eps: float, folder: Path) -> None:
         csv.writer(handle).writerows([header, *body])
 
 
+ATTACK_TITLES = {"fgsm": "FGSM", "ifgsm": "iterative FGSM", "mifgsm": "MI-FGSM", "pgd": "PGD",
+                 "autoattack": "AutoAttack"}
+
+
 def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -> dict[str, Path]:
-    """Write every report file into `folder`; returns them by name."""
+    """Write every report file into `folder`, the paper's FGSM (else the first attack with results) at
+    the top and each other attack's report in `attacks/<attack>/`, with `attack_audit.csv` when FGSM
+    and a stronger attack both ran; returns the top folder's files by name."""
+    attacks = results.attacks
+    main = PAPER_ATTACK if PAPER_ATTACK in attacks else attacks[0]
+    audit = audit_rows(results, eps)
+    folder.mkdir(parents=True, exist_ok=True)
+    if audit:
+        write_audit(audit, folder / "attack_audit.csv")
+    others = [a for a in attacks if a != main]
+    extra = []
+    if others:
+        links = ", ".join(f"[{ATTACK_TITLES.get(a, a)}](attacks/{a}/report.md)" for a in others)
+        text = f"The same report under each other attack the study ran: {links}."
+        if audit:
+            text += (f"\n\n`attack_audit.csv` sets each cell's accuracy under FGSM beside the others'. "
+                     f"{audit_summary(audit)}")
+        extra.append(("Stronger attacks", text))
+    for attack in others:
+        _write_attack_report(results.of_attack(attack), folder / "attacks" / attack, eps, attack)
+    return _write_attack_report(results.of_attack(main), folder, eps, main, extra)
+
+
+def _attack_text(results: StudyResults, attack: str) -> str:
+    """`FGSM ascent` or the attack with its settings, e.g. `PGD ascent (steps=20 step_size=0.0025 ...)`."""
+    settings = sorted({e.attack_params for e in results.evaluations if e.attack_params})
+    return f"{ATTACK_TITLES.get(attack, attack)} ascent" + (f" ({'; '.join(settings)})" if settings else "")
+
+
+def _write_attack_report(results: StudyResults, folder: Path, eps: float, attack: str,
+                         extra_sections: list[tuple[str, str]] | None = None) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     _write_csvs(results, eps, folder)
     images = {"Figure 3: clean accuracy": figures.clean_accuracy(results, folder / "fig3_clean_accuracy.png", eps),
@@ -135,8 +170,9 @@ def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -
     seeds = len(results.seeds)
     warning = _plumbing_warning(results)
     note = _means_note(results, eps)
-    intro = (f"Covers {study_scope(results)}. Dataset `{results.dataset}`, preset `{results.preset}`, FGSM ascent "
-             f"at eps = {eps:g} with the true label. Cells: accuracy (%) on the 1,000 test images of the target class"
+    intro = (f"Covers {study_scope(results)}. Dataset `{results.dataset}`, preset `{results.preset}`, "
+             f"{_attack_text(results, attack)} at eps = {eps:g} with the true label. Cells: accuracy (%) on the test "
+             "images of the target class"
              + (", mean [95% CI] over seeds" if seeds > 1 else "") + "; in brackets the attacked model's clean "
              "accuracy on that class, which no attack can raise, so a low clean accuracy caps a cell. The balanced "
              f"model's clean accuracy on all classes: {balanced_clean_accuracy(results, eps).text()}% (the paper's: "
@@ -150,8 +186,12 @@ def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -
          "rate counts only images the model got right before the attack, so it, not the accuracy, says how "
          "well an attack transfers; the relative drop is (clean - adversarial) / clean.\n\n"
          + _markdown_table(beyond_header, beyond_body)),
+        *(extra_sections or []),
     ]
-    markdown = [f"# imbadv study report: {results.dataset}, {results.preset}", ""]
+    title = f"{results.dataset}, {results.preset}"
+    if attack != PAPER_ATTACK:
+        title += f", {ATTACK_TITLES.get(attack, attack)}"
+    markdown = [f"# imbadv study report: {title}", ""]
     if warning:
         markdown += [f"> **{warning}**", ""]
     markdown += [intro, ""]
@@ -161,11 +201,11 @@ def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -
         markdown += [f"## {title}", "", f"![{title}]({path.name})", ""]
     (folder / "table1.md").write_text(table1_text + "\n")
     (folder / "report.md").write_text("\n".join(markdown))
-    (folder / "report.html").write_text(_html(results, warning, intro, note, header[0], body, claim_rows,
-                                              beyond_header, beyond_body, images))
+    (folder / "report.html").write_text(_html(title, warning, intro, note, header[0], body, claim_rows,
+                                              beyond_header, beyond_body, images, extra_sections or []))
     if warning:
         print(warning)
-    print(f"Table 1 ({results.dataset}, {results.preset}, {study_scope(results)}; ours / paper, %)")
+    print(f"Table 1 ({title}, {study_scope(results)}; ours / paper, %)")
     print(table1_text.replace("**", ""))
     return {p.name: p for p in folder.iterdir()}
 
@@ -180,8 +220,8 @@ def _html_table(header: list[str], body: list[list[str]], table_id: str) -> str:
     return f'<div class="scroll">{table}</div>'
 
 
-def _html(results: StudyResults, warning: str, intro: str, note: str, header, body, claim_rows, beyond_header,
-          beyond_body, images: dict[str, Path]) -> str:
+def _html(title: str, warning: str, intro: str, note: str, header, body, claim_rows, beyond_header,
+          beyond_body, images: dict[str, Path], extra_sections: list[tuple[str, str]]) -> str:
     figures_html = "".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}</figcaption></figure>'
@@ -196,15 +236,16 @@ def _html(results: StudyResults, warning: str, intro: str, note: str, header, bo
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,#claims td{text-align:left}"
              "#plumbing{border:2px solid #c00;background:#fee;padding:.6em 1em;font-weight:bold}"
              "img{max-width:100%}figure{margin:1.5em 0}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>imbadv report: {html.escape(results.dataset)}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>imbadv report: {html.escape(title)}"
             f"</title><style>{style}</style><script>{script}</script></head><body>"
-            f"<h1>imbadv study report: {html.escape(results.dataset)}, {html.escape(results.preset)}</h1>"
+            f"<h1>imbadv study report: {html.escape(title)}</h1>"
             + (f'<p id="plumbing">{html.escape(warning)}</p>' if warning else "")
             + f"<p>{html.escape(intro)}</p><h2>Table 1: ours / the paper's</h2>{_html_table(header, body, 'table1')}"
             + (f'<p id="means-note">{html.escape(note)}</p>' if note else "")
             + f"<h2>Claims</h2>{_html_table(['claim', 'paper', 'ours', 'verdict'], claim_rows, 'claims')}"
             f"<h2>Beyond the paper</h2>{_html_table(beyond_header, beyond_body, 'beyond')}"
-            f"{figures_html}</body></html>")
+            + "".join(f"<h2>{html.escape(t)}</h2><p>{html.escape(text)}</p>" for t, text in extra_sections)
+            + f"{figures_html}</body></html>")
 
 
 def attach_to_study(results: StudyResults, folder: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from imbadv.config import ConfigError
-from imbadv.tracking.results import Evaluation, StudyResults, check_one_version_per_model
+from imbadv.tracking.results import PAPER_ATTACK, Evaluation, StudyResults, check_one_version_per_model
 
 FORMAT = "imbadv-study-results/1"
 RESULTS_FILE = "results.json"  # in every report folder
@@ -56,11 +56,12 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
     for path, values in loaded:
         for item in values["evaluations"]:
             evaluation = _evaluation(item, path)
-            if evaluation.cell in origin:
+            if evaluation.key in origin:
                 raise ResultsFileError(f"seed {evaluation.seed}'s {evaluation.sampling} {evaluation.class_id} "
-                                       f"{evaluation.source} evaluation at eps {evaluation.eps:g} is in both "
-                                       f"{origin[evaluation.cell]} and {path}: combine files of different seeds")
-            origin[evaluation.cell] = path
+                                       f"{evaluation.source} {evaluation.attack} evaluation at eps {evaluation.eps:g} "
+                                       f"is in both {origin[evaluation.key]} and {path}: combine files of "
+                                       "different seeds")
+            origin[evaluation.key] = path
             evaluations.append(evaluation)
     check_one_version_per_model(evaluations)  # per seed, so models of separate stores never meet
     study_run_id = first["study_run_id"] if len(loaded) == 1 else None
@@ -70,15 +71,15 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
 
 def _order(evaluation: Evaluation) -> tuple:
     """A sort key of `Evaluation.cell`: the balanced model's cells (class None) first."""
-    seed, eps, sampling, class_id, source = evaluation.cell
-    return (seed, eps, sampling, -1 if class_id is None else class_id, source)
+    attack, seed, eps, sampling, class_id, source = evaluation.key
+    return (attack, seed, eps, sampling, -1 if class_id is None else class_id, source)
 
 
 def _evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
     return {"run_id": evaluation.run_id, "seed": evaluation.seed, "eps": evaluation.eps,
             "sampling": evaluation.sampling, "class_id": evaluation.class_id, "source": evaluation.source,
             "target_version": evaluation.target_version, "source_version": evaluation.source_version,
-            "metrics": evaluation.metrics,
+            "attack": evaluation.attack, "attack_params": evaluation.attack_params, "metrics": evaluation.metrics,
             "confusion": {kind: matrix.astype(int).tolist() for kind, matrix in evaluation.confusion.items()}}
 
 
@@ -109,7 +110,9 @@ def _evaluation(item: dict[str, Any], path: Path) -> Evaluation:
                           metrics={str(k): float(v) for k, v in item["metrics"].items()},
                           confusion={str(k): np.asarray(v, dtype=np.int64) for k, v in item["confusion"].items()},
                           target_version=str(item.get("target_version", "")),
-                          source_version=str(item.get("source_version", "")))
+                          source_version=str(item.get("source_version", "")),
+                          attack=str(item.get("attack", PAPER_ATTACK)),
+                          attack_params=str(item.get("attack_params", "")))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ResultsFileError(f"{path} holds an evaluation it cannot describe ({type(error).__name__}: {error}): "
                                "write it again with `imbadv report`") from None

@@ -21,6 +21,7 @@ TAG_DATASET_DIGEST = "imbadv.dataset_digest"
 TAG_TARGET = "imbadv.target"
 TAG_SOURCE = "imbadv.source"
 TAG_ATTACK = "imbadv.attack"
+TAG_ATTACK_PARAMS = "imbadv.attack_params"  # an attack's settings beyond eps: steps, step size, restarts, version
 TAG_EPS = "imbadv.eps"
 TAG_STEP_KEY = "imbadv.step_key"
 TAG_TRAIN_KEY = "imbadv.train_key"

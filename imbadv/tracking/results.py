@@ -1,13 +1,14 @@
 """Finished study runs read back from the tracking store, as tidy records (nothing is recomputed).
 
-One `Cell` per (seed, eps, model, source): the evaluation run's per-class metrics, and its clean
-and adversarial confusion matrices when asked for.
+One `Evaluation` per (attack, seed, eps, model, source): the evaluation run's per-class metrics, and
+its clean and adversarial confusion matrices when asked for.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +20,14 @@ from mlflow.tracking import MlflowClient
 from imbadv.tracking import names
 
 P = names.CONFIG_PARAM_PREFIX
+PAPER_ATTACK = "fgsm"  # section 3.2
+# The untargeted attacks a study's report reads, weakest first: one Table 1 each.
+STUDY_ATTACKS = (PAPER_ATTACK, "ifgsm", "mifgsm", "pgd", "autoattack")
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One finished FGSM-ascent evaluation of a study model."""
+    """One finished untargeted ascent evaluation of a study model (FGSM, the paper's, or a stronger attack)."""
 
     run_id: str
     seed: int
@@ -35,6 +39,8 @@ class Evaluation:
     confusion: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
     target_version: str = ""  # <name>/<version> of the attacked model
     source_version: str = ""  # <name>/<version> of the black-box source, "self" when white-box
+    attack: str = PAPER_ATTACK
+    attack_params: str = ""  # the attack's settings beyond eps, e.g. "steps=20 step_size=0.0025 restarts=1"
 
     def per_class(self, name: str, k: int) -> float:
         return self.metrics.get(names.per_class(name, k), float("nan"))
@@ -43,6 +49,11 @@ class Evaluation:
     def cell(self) -> tuple[int, float, str, int | None, str]:
         """The study cell this evaluation fills: (seed, eps, sampling, class_id, source)."""
         return (self.seed, self.eps, self.sampling, self.class_id, self.source)
+
+    @property
+    def key(self) -> tuple[str, int, float, str, int | None, str]:
+        """The attack and the cell: what one study's evaluations hold once."""
+        return (self.attack, *self.cell)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,16 @@ class StudyResults:
     def eps_values(self) -> list[float]:
         return sorted({e.eps for e in self.evaluations})
 
+    @property
+    def attacks(self) -> list[str]:
+        """The attacks with results, the paper's FGSM first, then in `STUDY_ATTACKS` order."""
+        order = {name: i for i, name in enumerate(STUDY_ATTACKS)}
+        return sorted({e.attack for e in self.evaluations}, key=lambda a: (order.get(a, len(order)), a))
+
+    def of_attack(self, attack: str) -> StudyResults:
+        """These results with only `attack`'s evaluations: one Table 1's worth."""
+        return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.attack == attack])
+
     def find(self, seed: int, eps: float, sampling: str, class_id: int | None, source: str) -> Evaluation | None:
         for e in self.evaluations:
             if e.cell == (seed, eps, sampling, class_id, source):
@@ -70,15 +91,16 @@ class StudyResults:
 
 def _evaluation(run: Run, attack_loss: str = "logits") -> Evaluation | None:
     p = run.data.params
-    source = p.get(P + "source", "")
-    if source not in ("self", "balanced") or p.get(P + "attack") != "fgsm" or p.get(P + "direction") != "ascent" \
+    source, attack = p.get(P + "source", ""), p.get(P + "attack", "")
+    if source not in ("self", "balanced") or attack not in STUDY_ATTACKS or p.get(P + "direction") != "ascent" \
             or p.get(P + "target_label", "") != "" or p.get(P + "attack_loss", "logits") != attack_loss:
         return None
     return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]),
                       sampling=p[P + "sampling"], class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
                       source=source, metrics=dict(run.data.metrics),
                       target_version=run.data.tags.get(names.TAG_TARGET, ""),
-                      source_version=run.data.tags.get(names.TAG_SOURCE, ""))
+                      source_version=run.data.tags.get(names.TAG_SOURCE, ""), attack=attack,
+                      attack_params=run.data.tags.get(names.TAG_ATTACK_PARAMS, ""))
 
 
 def load_results(dataset: str, preset: str, with_confusions: bool = True, attack_loss: str = "logits") -> StudyResults:
@@ -94,7 +116,7 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True, attack
         evaluation = _evaluation(run, attack_loss)
         if evaluation is None:
             continue
-        newest.setdefault(evaluation.cell, evaluation)  # runs come newest first
+        newest.setdefault(evaluation.key, evaluation)  # runs come newest first
     evaluations = list(newest.values())
     check_one_version_per_model(evaluations)
     class_names: tuple[str, ...] = ()
