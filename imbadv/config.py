@@ -17,10 +17,11 @@ from typing import Any, Literal, get_args, get_origin
 
 Sampling = Literal["balanced", "under", "over"]
 Precision = Literal["fp32", "bf16"]
-AttackName = Literal["fgsm", "ifgsm"]
+AttackName = Literal["fgsm", "ifgsm", "pgd", "mifgsm", "autoattack"]
 Direction = Literal["ascent", "descent"]
 Init = Literal["keras", "torch"]
 AttackLoss = Literal["logits", "keras"]
+AutoAttackVersion = Literal["standard", "fast"]
 Stopping = Literal["train-loss", "val-loss"]
 Augment = Literal["none", "keras", "crop"]
 
@@ -213,24 +214,39 @@ class TrainConfig(ModelSelection):
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """A gradient-sign attack (section 3.2): FGSM or its iterative form, ascent or descent."""
+    """An L-inf attack: the paper's FGSM or its iterative form, ascent or descent (section 3.2), or one of
+    the stronger attacks beyond the paper (PGD, MI-FGSM, AutoAttack)."""
 
     attack: AttackName = field(default="fgsm", metadata=_help(
-        "'fgsm' (one step) or 'ifgsm' (iterative, projected onto the eps-ball)."))
+        "'fgsm' (one step), 'ifgsm' (iterative, projected onto the eps-ball), or beyond the paper: 'pgd' "
+        "(ifgsm from a random start, with --restarts), 'mifgsm' (ifgsm with momentum, --decay) or 'autoattack' "
+        "(Croce and Hein's ensemble through torchattacks, --aa-version; untargeted ascent only)."))
     direction: Direction = field(default="ascent", metadata=_help(
         "'ascent' raises the loss of the label (the paper's choice), 'descent' lowers it "
         "(with --target-label: a targeted attack)."))
     eps: float = field(default=0.01, metadata=_help(
         "L-inf budget in [0, 1] pixel units (section 3.2: 0.01)."))
-    steps: int = field(default=10, metadata=_help("Iterations of ifgsm (ignored by fgsm)."))
+    steps: int = field(default=10, metadata=_help(
+        "Iterations of ifgsm, pgd and mifgsm (ignored by fgsm and autoattack)."))
     step_size: float | None = field(default=None, metadata=_help(
-        "Step of each ifgsm iteration (default: eps / steps)."))
+        "Step of each ifgsm, pgd or mifgsm iteration (default: eps / steps)."))
     target_label: int | None = field(default=None, metadata=_help(
         "Label whose loss the attack follows instead of the true label (descent: targeted)."))
     attack_loss: AttackLoss = field(default="logits", metadata=_help(
         "The loss whose gradient the attack follows: 'logits' (cross-entropy on the logits) or 'keras' "
         "(Keras 2's categorical_crossentropy on softmax outputs clipped to [1e-7, 1 - 1e-7], so the gradient "
         "is exactly zero on images the model is that sure of: how the authors' Keras may have computed it)."))
+    restarts: int = field(default=1, metadata=_help(
+        "pgd's random starts; each image keeps its strongest result, a misclassified one first, else the highest "
+        "loss (not in the paper; Madry et al. 2018's PGD: 1)."))
+    attack_seed: int = field(default=0, metadata=_help(
+        "Seed of pgd's random starts and of autoattack's randomness, so an attack is reproducible (not in the "
+        "paper)."))
+    decay: float = field(default=1.0, metadata=_help(
+        "mifgsm's momentum decay factor mu (not in the paper; Dong et al. 2018: 1.0; 0: no momentum)."))
+    aa_version: AutoAttackVersion = field(default="standard", metadata=_help(
+        "autoattack's ensemble: 'standard' (Croce and Hein 2020: APGD-CE, APGD-T, FAB-T, Square with 100 "
+        "iterations and 5,000 queries) or 'fast' (APGD-CE then APGD-T only)."))
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -242,10 +258,22 @@ class AttackConfig:
             raise ConfigError(f"step size {self.step_size} is not positive: pass e.g. --step-size 0.002")
         if self.target_label is not None and self.target_label < 0:
             raise ConfigError(f"target label {self.target_label} is negative: pass a label from 0 to classes-1")
+        if self.restarts < 1:
+            raise ConfigError(f"restarts {self.restarts} is below 1: pass --restarts 1 or more")
+        if self.decay < 0:
+            raise ConfigError(f"decay {self.decay} is negative: pass e.g. --decay 1.0 (0: no momentum)")
+        if self.attack == "autoattack":
+            # AutoAttack raises the loss of the true label and nothing else
+            if self.direction != "ascent":
+                raise ConfigError("autoattack is an ascent attack: drop --direction descent, or use --attack pgd")
+            if self.target_label is not None:
+                raise ConfigError("autoattack attacks the true label: drop --target-label, or use --attack pgd")
+            if self.attack_loss != "logits":
+                raise ConfigError("autoattack chooses its own losses: drop --attack-loss keras, or use --attack pgd")
 
     @property
     def iteration_step(self) -> float:
-        """Step of one ifgsm iteration in pixel units."""
+        """Step of one ifgsm, pgd or mifgsm iteration in pixel units."""
         return self.step_size if self.step_size is not None else self.eps / self.steps
 
 
