@@ -298,11 +298,19 @@ class EvaluateConfig(ModelSelection, AttackConfig):
     max_onnx_disagreement: float = field(default=MAX_ONNX_DISAGREEMENT, metadata=_help(
         "Largest share of test images on which PyTorch and onnxruntime may disagree."))
     grid_images: int = field(default=8, metadata=_help("Images in the clean-vs-adversarial grid artifact."))
+    images_per_class: int = field(default=0, metadata=_help(
+        "Attack only the first N test images of each class, in the dataset's order (0: all), for quick looks."))
+    attack_classes: str = field(default="all", metadata=_help(
+        "'all', or the comma-separated class ids whose test images are attacked (a class-c model's Table 1 "
+        "cells read class c's alone)."))
 
     def __post_init__(self) -> None:
         ModelSelection.__post_init__(self)
         AttackConfig.__post_init__(self)
         _positive(self, "batch_size")
+        if self.images_per_class < 0:
+            raise ConfigError(f"images per class {self.images_per_class} is negative: pass 0 (all) or more")
+        _ = self.attacked_classes
         for name in ("target_uri", "source_uri"):
             value = getattr(self, name)
             if value is not None and not value.startswith("models:/"):
@@ -310,6 +318,20 @@ class EvaluateConfig(ModelSelection, AttackConfig):
                                   "models:/<name>/<version>")
         if self.source_uri is not None and self.source != "balanced":
             raise ConfigError("--source-uri pins the balanced source: use it with --source balanced")
+
+    @property
+    def attacked_classes(self) -> tuple[int, ...] | None:
+        """`attack_classes` as ids, None for all."""
+        if self.attack_classes == "all":
+            return None
+        try:
+            ids = tuple(int(v) for v in self.attack_classes.split(","))
+        except ValueError:
+            ids = (-1,)
+        if not ids or min(ids) < 0:
+            raise ConfigError(f"attack classes {self.attack_classes!r} are not 'all' or comma-separated class ids: "
+                              "pass e.g. --attack-classes 3 or --attack-classes 3,5")
+        return ids
 
     def attack_config(self) -> AttackConfig:
         """The attack part alone, as the pure attack functions take it."""

@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from imbadv.tracking import names
-from imbadv.config import TrainConfig
+from imbadv.config import ConfigError, TrainConfig
 from imbadv.core.data import load_dataset, sha256_file
 from imbadv.core.inference import bf16_is_native
 from imbadv.jobs.evaluate import run_evaluate
@@ -160,6 +160,36 @@ def test_evaluate_whitebox_and_blackbox(store, small_data, session_cache):
     assert fast_run.data.params["config.precision"] == "bf16" and fast_run.data.params["config.channels_last"] == "True"
     assert fast_run.data.tags[names.TAG_BF16_NATIVE] == str(bf16_is_native(torch.device("cpu")))
     assert names.TAG_BF16_NATIVE not in client.get_run(white.run_id).data.tags  # fp32 runs carry no such tag
+
+
+@pytest.mark.slow
+def test_strong_attacks_on_the_images_a_cell_needs(store, small_data, session_cache):
+    run_train(**smoke(small_data, session_cache))
+    run_train(**smoke(small_data, session_cache, sampling="over", class_id=3))
+    client = MlflowClient()
+    cell = smoke(small_data, session_cache, sampling="over", class_id=3, eps=0.05, attack_classes="3",
+                 images_per_class=6)
+    fgsm = run_evaluate(**{**cell, "attack": "fgsm"})
+    pgd = run_evaluate(**{**cell, "attack": "pgd", "steps": 5, "step_size": 0.0125, "attack_seed": 7})
+    run = client.get_run(pgd.run_id)
+    m = run.data.metrics
+    assert m[names.ATTACKED_IMAGES] == 6  # the first 6 cat images, nothing else
+    assert {k for k in m if k.startswith("adv_acc_c")} == {"adv_acc_c3"}
+    assert client.get_run(fgsm.run_id).data.metrics[names.ATTACKED_IMAGES] == 6
+    assert m["onnx_clean_acc"] == pytest.approx(m["clean_acc"])  # the ONNX check on the same images
+    assert run.data.tags[names.TAG_ATTACK] == "pgd-ascent"
+    assert run.data.tags[names.TAG_ATTACK_PARAMS] == \
+        "steps=5 step_size=0.0125 restarts=1 attack_seed=7 images_per_class=6"
+    again = run_evaluate(**{**cell, "attack": "pgd", "steps": 5, "step_size": 0.0125, "attack_seed": 7})
+    assert again.per_class[3] == pgd.per_class[3]  # the seed fixes the random start
+
+    auto = run_evaluate(**{**cell, "attack": "autoattack", "aa_version": "fast"})
+    assert client.get_run(auto.run_id).data.tags[names.TAG_ATTACK_PARAMS] == \
+        "version=fast attack_seed=0 images_per_class=6"
+    with pytest.raises(ConfigError, match="autoattack is an ascent attack"):
+        run_evaluate(**{**cell, "attack": "autoattack", "direction": "descent"})
+    black = run_evaluate(**{**cell, "attack": "mifgsm", "steps": 3, "source": "balanced"})
+    assert client.get_run(black.run_id).data.tags[names.TAG_SOURCE] == "imbadv-cifar10-small-balanced/1"
 
 
 @pytest.mark.slow

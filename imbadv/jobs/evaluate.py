@@ -8,6 +8,7 @@ from the target's ONNX file, in onnxruntime; the run fails if they disagree on t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from imbadv.jobs.shared import SharedWork, current, gradient_key, load_data, loa
 from imbadv.tracking.registry import RegisteredModel, RegistryError
 
 
+BATCH_SEEDS = 2**20  # attack seeds per --attack-seed: batch seeds never collide below a million test images
+
+
 @dataclass(frozen=True)
 class EvaluateOutcome:
     run_id: str
@@ -40,8 +44,10 @@ class EvaluateOutcome:
 
 @dataclass
 class AttackResult:
-    """Predictions of the target on clean and adversarial test images, plus a few examples."""
+    """Predictions of the target on the clean and adversarial attacked images (`labels` theirs), plus a
+    few examples."""
 
+    labels: np.ndarray
     clean_pred: np.ndarray
     adv_pred: np.ndarray
     clean_examples: np.ndarray
@@ -74,19 +80,22 @@ def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOu
         if config.target_label is not None and config.target_label >= dataset.num_classes:
             raise ConfigError(f"target label {config.target_label} is outside this dataset's "
                               f"{dataset.num_classes} classes: pass --target-label 0 to {dataset.num_classes - 1}")
+        indices = attacked_indices(dataset.test_labels, dataset.num_classes, config.images_per_class,
+                                   config.attacked_classes)
         log.tags({
             names.TAG_TARGET: f"{target.name}/{target.version}",
             names.TAG_SOURCE: "self" if source is target else f"{source.name}/{source.version}",
             names.TAG_ATTACK: f"{config.attack}-{config.direction}", names.TAG_EPS: str(config.eps),
-            names.TAG_WHITEBOX: str(source is target)})
+            names.TAG_ATTACK_PARAMS: attack_params(config), names.TAG_WHITEBOX: str(source is target)})
+        log.metrics({names.ATTACKED_IMAGES: len(indices)})
         log.log_device(device, config.precision)
-        result = attack_test_set(target, source, dataset, config, device, shared)
-        onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, config, device, shared)
+        result = attack_test_set(target, source, dataset, config, device, shared, indices)
+        onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, indices, config, device, shared)
         per_class = _log_metrics_and_artifacts(result, onnx_pred, dataset, config)
-        clean_acc = float((result.clean_pred == dataset.test_labels).mean())
-        adv_acc = float((result.adv_pred == dataset.test_labels).mean())
-        print(f"{target.name}/{target.version}: clean_acc {clean_acc:.4f} adv_acc {adv_acc:.4f} "
-              f"({config.attack} {config.direction}, eps {config.eps:g}, source {config.source})")
+        clean_acc = float((result.clean_pred == result.labels).mean())
+        adv_acc = float((result.adv_pred == result.labels).mean())
+        print(f"{target.name}/{target.version}: clean_acc {clean_acc:.4f} adv_acc {adv_acc:.4f} on {len(indices)} "
+              f"images ({config.attack} {config.direction}, eps {config.eps:g}, source {config.source})")
         return EvaluateOutcome(run.info.run_id, clean_acc, adv_acc, per_class)
 
 
@@ -123,9 +132,44 @@ def _check_is(model: RegisteredModel, sampling: str, class_id: int | None, datas
                           f"{expected}, or options that select {model.name}")
 
 
+def attacked_indices(labels: np.ndarray, num_classes: int, images_per_class: int = 0,
+                     classes: tuple[int, ...] | None = None) -> np.ndarray:
+    """The test images an evaluation attacks, in the dataset's order: those of `classes` (None: all),
+    at most the first `images_per_class` of each (0: all)."""
+    if classes is not None and (bad := [c for c in classes if c >= num_classes]):
+        raise ConfigError(f"attack classes {bad} are outside this dataset's {num_classes} classes: pass ids from 0 "
+                          f"to {num_classes - 1}")
+    keep = np.ones(len(labels), bool) if classes is None else np.isin(labels, classes)
+    if images_per_class:
+        rank = np.zeros(len(labels), np.int64)  # each image's place among its class's images
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            rank[members] = np.arange(len(members))
+        keep &= rank < images_per_class
+    return np.flatnonzero(keep)
+
+
+def attack_params(config: EvaluateConfig) -> str:
+    """The attack's settings beyond eps and direction, as `key=value` words (tag `imbadv.attack_params`)."""
+    settings: dict[str, object] = {}
+    if config.attack in ("ifgsm", "mifgsm", "pgd"):
+        settings |= {"steps": config.steps, "step_size": f"{config.iteration_step:g}"}
+    if config.attack == "pgd":
+        settings |= {"restarts": config.restarts, "attack_seed": config.attack_seed}
+    if config.attack == "mifgsm":
+        settings["decay"] = f"{config.decay:g}"
+    if config.attack == "autoattack":
+        settings |= {"version": config.aa_version, "attack_seed": config.attack_seed}
+    if config.images_per_class:
+        settings["images_per_class"] = config.images_per_class
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
 def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: ImageDataset,
-                    config: EvaluateConfig, device: torch.device, shared: SharedWork | None = None) -> AttackResult:
-    """Craft adversarial test images with the source's gradient and classify them with the target.
+                    config: EvaluateConfig, device: torch.device, shared: SharedWork | None = None,
+                    indices: np.ndarray | None = None) -> AttackResult:
+    """Craft adversarial test images (those at `indices`, default all) with the source's gradient and
+    classify them with the target.
 
     With `shared`, the target's clean logits and a black-box source's adversarial set come from
     earlier evaluations in this process when their settings match (the same numbers: a white-box
@@ -134,15 +178,20 @@ def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: I
     shared = current(shared)
     for model in (target, source):  # the same model twice when white-box: set_layout is idempotent
         set_layout(model.network, config.channels_last)
-    images = torch.from_numpy(dataset.test_images).to(device)
-    labels = torch.from_numpy(dataset.test_labels).to(device)
+    indices = np.arange(len(dataset.test_labels)) if indices is None else indices
+    subset_labels = dataset.test_labels[indices]
+    images = torch.from_numpy(dataset.test_images[indices]).to(device)
+    labels = torch.from_numpy(subset_labels).to(device)
     attack = config.attack_config()
-    passes = (config.precision, config.channels_last, config.batch_size, str(device), dataset.digest)
+    # the images attacked, named by the dataset and, for a part of its test set, the part
+    images_digest = dataset.digest if len(indices) == len(dataset.test_labels) else \
+        f"{dataset.digest}:{hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest()[:16]}"
+    passes = (config.precision, config.channels_last, config.batch_size, str(device), images_digest)
     clean_key = (target.uri, *passes)
     clean_logits = shared.get("clean_logits", clean_key)
     adversarial_key = (source.uri, dataclasses.astuple(attack), *passes)
     if source is target:  # white-box: the target's own gradient
-        adversarial, grad_logits = _craft(target, images, labels, attack, config, device, dataset.digest, shared)
+        adversarial, grad_logits = _craft(target, images, labels, attack, config, device, images_digest, shared)
         if target.tags.get(names.VERSION_SAMPLING) == "balanced":  # the very set a black-box attack crafts from it
             shared.put("adversarial", adversarial_key, adversarial)
         if clean_logits is None:
@@ -151,13 +200,13 @@ def attack_test_set(target: RegisteredModel, source: RegisteredModel, dataset: I
                                       _batched_logits(target.network, images, config))
     else:  # black-box: one adversarial set per source and attack, scored on every target
         adversarial = shared.get_or_compute("adversarial", adversarial_key, lambda: _craft(
-            source, images, labels, attack, config, device, dataset.digest, shared)[0])
+            source, images, labels, attack, config, device, images_digest, shared)[0])
         if clean_logits is None:
             clean_logits = shared.put("clean_logits", clean_key, _batched_logits(target.network, images, config))
     adv_logits = _batched_logits(target.network, adversarial, config, unit=True)
-    grid = example_indices(dataset.test_labels, config.grid_images)
+    grid = example_indices(subset_labels, config.grid_images)
     shown = torch.from_numpy(grid).to(device)
-    return AttackResult(clean_logits.argmax(1).cpu().numpy(), adv_logits.argmax(1).cpu().numpy(),
+    return AttackResult(subset_labels, clean_logits.argmax(1).cpu().numpy(), adv_logits.argmax(1).cpu().numpy(),
                         to_unit(images[shown]).cpu().numpy(), adversarial[shown].detach().cpu().numpy(), grid)
 
 
@@ -183,7 +232,9 @@ def _craft(model: RegisteredModel, images: torch.Tensor, labels: torch.Tensor, a
     for start in _batches(range(0, len(images), config.batch_size), "attack"):
         x = to_unit(images[start:start + config.batch_size])
         y = labels[start:start + config.batch_size]
-        adversarial.append(run_attack(model.network, x, y, attack, config.precision).detach())
+        # each batch its own random starts, fixed by the attack's seed and the batch's place
+        batch_attack = dataclasses.replace(attack, attack_seed=attack.attack_seed * BATCH_SEEDS + start)
+        adversarial.append(run_attack(model.network, x, y, batch_attack, config.precision).detach())
     return torch.cat(adversarial), None
 
 
@@ -210,10 +261,11 @@ def _logits(network: torch.nn.Module, images: torch.Tensor, precision: str) -> t
         return network(images).float()
 
 
-def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred: np.ndarray,
+def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred: np.ndarray, indices: np.ndarray,
                       config: EvaluateConfig, device: torch.device, shared: SharedWork) -> np.ndarray:
-    """Clean predictions from the target's ONNX file against PyTorch's, both fp32 (once per target and
-    process: every evaluation of the target logs the same check).
+    """Clean predictions from the target's ONNX file against PyTorch's on the attacked images, both fp32
+    (the whole test set's in onnxruntime once per target and process). Returns ONNX's predictions of
+    the attacked images.
 
     Under --precision bf16 the attack's own clean predictions are bf16, so PyTorch's fp32 ones are
     computed for the comparison.
@@ -221,7 +273,7 @@ def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred
     if config.precision != "fp32":
         torch_pred = shared.get_or_compute("fp32_predictions", (target.uri, config.batch_size, str(device)), lambda: (
             predict_logits(target.network, torch.from_numpy(dataset.test_images).to(device),
-                           config.batch_size).argmax(1).cpu().numpy()))
+                           config.batch_size).argmax(1).cpu().numpy()))[indices]
 
     def onnx_predictions() -> tuple[np.ndarray, str]:
         session = onnx_session(target.onnx_path, device)
@@ -229,9 +281,10 @@ def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred
 
     # keyed by the file's hash: the train job of this process may have checked the same file already
     key = onnx_check_key(target.tags[names.VERSION_ONNX_SHA256], INFERENCE_BATCH, device, dataset.digest)
-    onnx_pred, provider = shared.get_or_compute("onnx_predictions", key, onnx_predictions)
+    all_onnx_pred, provider = shared.get_or_compute("onnx_predictions", key, onnx_predictions)
+    onnx_pred = all_onnx_pred[indices]
     disagreement = float((onnx_pred != torch_pred).mean())
-    log.metrics({names.ONNX_CLEAN_ACC: float((onnx_pred == dataset.test_labels).mean()),
+    log.metrics({names.ONNX_CLEAN_ACC: float((onnx_pred == dataset.test_labels[indices]).mean()),
                  names.ONNX_AGREEMENT: 1.0 - disagreement})
     log.tags({names.TAG_ONNX_PROVIDER: provider})
     if disagreement > config.max_onnx_disagreement:
@@ -243,7 +296,7 @@ def _onnx_cross_check(target: RegisteredModel, dataset: ImageDataset, torch_pred
 
 def _log_metrics_and_artifacts(result: AttackResult, onnx_pred: np.ndarray, dataset: ImageDataset,
                                config: EvaluateConfig) -> list[dict[str, Any]]:
-    labels, class_names, k = dataset.test_labels, dataset.class_names, dataset.num_classes
+    labels, class_names, k = result.labels, dataset.class_names, dataset.num_classes
     clean_cm = metrics.confusion_matrix(labels, result.clean_pred, k)
     adv_cm = metrics.confusion_matrix(labels, result.adv_pred, k)
     clean_acc, adv_acc = metrics.per_class_accuracy(clean_cm), metrics.per_class_accuracy(adv_cm)

@@ -50,6 +50,7 @@ EPOCHS_RUN = "epochs_run"
 CLEAN_ACC = "clean_acc"  # an evaluation's clean accuracy on the images it attacks
 ADV_ACC = "adv_acc"  # accuracy on the adversarial images
 REL_DROP = "rel_drop"  # (clean - adversarial) / clean accuracy
+ATTACKED_IMAGES = "attacked_images"  # the test images an evaluation attacked
 SUCCESS_RATE = "success_rate"  # share of the correctly classified images that the attack turns wrong
 ONNX_CLEAN_ACC = "onnx_clean_acc"  # clean accuracy in onnxruntime
 ONNX_AGREEMENT = "onnx_agreement"  # share of images on which onnxruntime and PyTorch agree
