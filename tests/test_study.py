@@ -322,3 +322,34 @@ def test_every_executor_in_the_table_has_the_interface_the_engine_calls():
     assert set(EXECUTORS) == set(typing.get_args(Executor))
     for executor in EXECUTORS.values():
         assert all(callable(getattr(executor, name)) for name in ("prepare", "threads", "drive"))
+
+
+def test_each_attack_adds_the_grids_evaluations_on_the_same_trainings():
+    steps = plan(StudyConfig(preset="smoke", attacks="fgsm,pgd,autoattack"), 10, "d", COMMIT)
+    evaluations = [dict(s.options) for s in steps if s.entry == "evaluate"]
+    assert sum(s.entry == "train" for s in steps) == 21
+    assert Counter(e["attack"] for e in evaluations) == {"fgsm": 41, "pgd": 41, "autoattack": 21}
+    assert {e["source"] for e in evaluations if e["attack"] == "autoattack"} == {"self"}  # white-box only
+    # FGSM attacks the whole test set; a stronger attack on a class's model only that class's images
+    assert all("attack_classes" not in e for e in evaluations if e["attack"] == "fgsm")
+    assert all(e["attack_classes"] == str(e["class_id"]) for e in evaluations
+               if e["attack"] != "fgsm" and e["class_id"] is not None)
+    pgd = next(e for e in evaluations if e["attack"] == "pgd")
+    assert (pgd["steps"], pgd["restarts"], pgd["attack_seed"]) == (20, 1, 0) and "decay" not in pgd
+    paper = plan(StudyConfig(preset="smoke"), 10, "d", COMMIT)
+    assert {s.key for s in steps if dict(s.options).get("attack") == "fgsm"} == \
+        {s.key for s in paper if s.entry == "evaluate"}  # adding attacks keeps FGSM's steps and their reuse
+
+
+def test_the_attacks_options_reach_their_evaluations_and_are_checked():
+    config = StudyConfig(preset="smoke", classes="3", attacks="mifgsm,autoattack", steps=5, decay=0.5,
+                         aa_version="fast", images_per_class=100)
+    evaluations = [dict(s.options) for s in plan(config, 10, "d", COMMIT) if s.entry == "evaluate"]
+    assert {e["images_per_class"] for e in evaluations} == {100}
+    mifgsm = next(e for e in evaluations if e["attack"] == "mifgsm")
+    assert (mifgsm["steps"], mifgsm["decay"]) == (5, 0.5) and "restarts" not in mifgsm
+    assert {e["aa_version"] for e in evaluations if e["attack"] == "autoattack"} == {"fast"}
+    with pytest.raises(ConfigError, match="not a comma-separated list of fgsm"):
+        StudyConfig(attacks="fgsm,cw")
+    with pytest.raises(ConfigError, match="images per class -1"):
+        StudyConfig(images_per_class=-1)

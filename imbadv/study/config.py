@@ -11,9 +11,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from imbadv.config import (PRESETS, AttackConfig, AttackLoss, ConfigError, ModelSelection, TrainConfig, check_choices,
-                           check_preset, default_cache_dir, parse_class_id, resolve_train_config)
+from imbadv.config import (PRESETS, AttackConfig, AttackLoss, AttackName, ConfigError, ModelSelection, TrainConfig,
+                           check_choices, check_preset, default_cache_dir, parse_class_id, resolve_train_config)
 
+PAPER_ATTACK = AttackConfig.attack  # section 3.2: FGSM
+ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the attacks that take --steps and --step-size
+# A study's PGD step when --step-size is not given: eps / 4, Madry et al. (2018)'s CIFAR-10 step (2/255
+# at eps 8/255); from a random start, eps / steps would leave the corners of the eps-ball out of reach.
+PGD_STEP_OF_EPS = 0.25
+WHITEBOX_ONLY_ATTACKS = ("autoattack",)  # the attacks that need the target's own model, not a source's gradient
 Engine = Literal["shared", "isolated"]
 Executor = Literal["local", "ray"]
 
@@ -41,6 +47,23 @@ class StudyConfig:
     attack_loss: AttackLoss = field(default=AttackConfig.attack_loss, metadata={"help": (
         "The evaluations' attack loss, as evaluate's --attack-loss (logits or keras); the trainings are "
         "the same either way, so a second study with the other loss reuses them.")})
+    attacks: str = field(default=PAPER_ATTACK, metadata={"help": (
+        "Comma-separated attacks, each adding the grid's evaluations on the same trainings: fgsm (the paper's), "
+        "ifgsm, mifgsm, pgd, autoattack. AutoAttack attacks the white-box cells only; beyond FGSM, a class's "
+        "models are attacked on that class's test images only (the images its cells need).")})
+    steps: int = field(default=20, metadata={"help": "Iterations of ifgsm, mifgsm and pgd (PGD-20)."})
+    step_size: float | None = field(default=None, metadata={"help": (
+        "Step of each iteration (default: eps / 4 for pgd, as Madry et al. on CIFAR-10; eps / steps for ifgsm "
+        "and mifgsm, as evaluate).")})
+    restarts: int = field(default=AttackConfig.restarts, metadata={"help": "PGD's random restarts."})
+    attack_seed: int = field(default=AttackConfig.attack_seed, metadata={"help": (
+        "Seed of PGD's random starts and AutoAttack's randomness.")})
+    decay: float = field(default=AttackConfig.decay, metadata={"help": "MI-FGSM's momentum decay."})
+    aa_version: str = field(default=AttackConfig.aa_version, metadata={"help": (
+        "AutoAttack's version: 'standard' (APGD-CE, APGD-T, FAB-T, Square) or 'fast' (APGD-CE, APGD-T).")})
+    images_per_class: int = field(default=0, metadata={"help": (
+        "Attack only the first N test images of each class (0: all), for quick looks; part of each "
+        "evaluation's identity.")})
     train_options: str = field(default="", metadata={"help": (
         "Training options set on every model of the study, comma-separated KEY=VALUE as train's options "
         "(e.g. init=torch,stopping=val-loss), for ablations; part of the study's identity, so each set of "
@@ -93,6 +116,40 @@ class StudyConfig:
         for value in self.eps_values:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
+        if self.images_per_class < 0:
+            raise ConfigError(f"images per class {self.images_per_class} is negative: pass 0 (all) or more")
+        for attack in self.attack_values:
+            AttackConfig(**self.attack_options(attack, self.eps_values[0] if self.eps_values else AttackConfig.eps))
+
+    @property
+    def attack_values(self) -> tuple[str, ...]:
+        """`attacks` as a tuple, each once, in the order given."""
+        values = tuple(dict.fromkeys(a.strip() for a in self.attacks.split(",") if a.strip()))
+        known = get_args(AttackName)
+        if not values or any(a not in known for a in values):
+            raise ConfigError(f"attacks {self.attacks!r} are not a comma-separated list of {', '.join(known)}: pass "
+                              "e.g. --attacks fgsm,pgd")
+        return values
+
+    def attack_options(self, attack: str, eps: float) -> dict[str, Any]:
+        """The evaluate options of one attack at one eps: the paper's FGSM as before, and for the others
+        the settings that the attack reads."""
+        options: dict[str, Any] = {"attack": attack, "direction": AttackConfig.direction, "eps": eps}
+        if self.attack_loss != AttackConfig.attack_loss:
+            options["attack_loss"] = self.attack_loss
+        if attack in ITERATIVE_ATTACKS:
+            options["steps"] = self.steps
+            if self.step_size is not None:
+                options["step_size"] = self.step_size
+            elif attack == "pgd":
+                options["step_size"] = eps * PGD_STEP_OF_EPS
+        if attack == "pgd":
+            options |= {"restarts": self.restarts, "attack_seed": self.attack_seed}
+        if attack == "mifgsm":
+            options["decay"] = self.decay
+        if attack == "autoattack":
+            options |= {"aa_version": self.aa_version, "attack_seed": self.attack_seed}
+        return options
 
     @property
     def training_overrides(self) -> dict[str, Any]:

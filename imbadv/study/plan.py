@@ -1,4 +1,5 @@
-"""The study's steps (paper section 4): 21 trainings per seed and 41 attack evaluations per seed and eps.
+"""The study's steps (paper section 4): 21 trainings per seed, and 41 attack evaluations per seed, eps
+and attack (21 for an attack that is white-box only).
 
 Each step is one entry-point call with its options, and a reuse key that hashes the entry point,
 the options, the dataset digest and the version of the code that decides the step's result (a
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
-from imbadv.config import AttackConfig, model_label
-from imbadv.study.config import StudyConfig
+from imbadv.config import model_label
+from imbadv.study.config import PAPER_ATTACK, WHITEBOX_ONLY_ATTACKS, StudyConfig
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Step:
         model = model_label(o["sampling"], o.get("class_id"))
         if self.entry == "train":
             return f"train {model} s{o['seed']}"
-        return f"evaluate {model} s{o['seed']} source={o['source']} eps={o['eps']:g}"
+        return f"evaluate {model} s{o['seed']} {o['attack']} source={o['source']} eps={o['eps']:g}"
 
 
 def step_key(entry: str, options: dict[str, Any], dataset_digest: str, code_version: str) -> str:
@@ -53,15 +54,19 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
         for c in classes:
             for sampling in ("under", "over"):
                 specs.append(("train", {**training, "seed": seed, "sampling": sampling, "class_id": c}))
-    for seed in config.seed_values:
-        for eps in config.eps_values:
-            attack = {**base, "seed": seed, "eps": eps,
-                      "attack": AttackConfig.attack, "direction": AttackConfig.direction,
-                      **({"attack_loss": config.attack_loss} if config.attack_loss != AttackConfig.attack_loss else {})}
-            specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
-            for c in classes:
-                for sampling in ("under", "over"):
-                    for source in ("self", "balanced"):
-                        specs.append(("evaluate", {**attack, "sampling": sampling, "class_id": c, "source": source}))
+    subset = {"images_per_class": config.images_per_class} if config.images_per_class else {}
+    for attack_name in config.attack_values:
+        sources = ("self",) if attack_name in WHITEBOX_ONLY_ATTACKS else ("self", "balanced")
+        for seed in config.seed_values:
+            for eps in config.eps_values:
+                attack = {**base, "seed": seed, **config.attack_options(attack_name, eps), **subset}
+                specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
+                for c in classes:
+                    # the paper's FGSM attacks every test image; a stronger attack only class c's, all its cells read
+                    own = {} if attack_name == PAPER_ATTACK else {"attack_classes": str(c)}
+                    for sampling in ("under", "over"):
+                        for source in sources:
+                            specs.append(("evaluate", {**attack, "sampling": sampling, "class_id": c, "source": source,
+                                                       **own}))
     return [Step(entry, tuple(sorted(options.items())), step_key(entry, options, dataset_digest, code_versions[entry]))
             for entry, options in specs]

@@ -17,10 +17,11 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from imbadv.config import AttackConfig
 from imbadv.tracking import names
 
 P = names.CONFIG_PARAM_PREFIX
-PAPER_ATTACK = "fgsm"  # section 3.2
+PAPER_ATTACK = AttackConfig.attack  # section 3.2: FGSM
 # The untargeted attacks a study's report reads, weakest first: one Table 1 each.
 STUDY_ATTACKS = (PAPER_ATTACK, "ifgsm", "mifgsm", "pgd", "autoattack")
 
