@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# torchattacks (AutoAttack, and the strong attacks' reference in the tests) goes in apart: it pins an
+# old requests that MLflow's dependencies rule out.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,ray]'
+	$(BIN)/python -m pip install -q --no-deps 'torchattacks>=3.5'
 	touch $@
 
 demo: setup
