@@ -141,6 +141,9 @@ def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noq
            attack_loss: Optional[str] = typer.Option(None, show_default=False, help=(  # noqa: UP045
                "Report the evaluations made with this attack loss, logits or keras (default: "
                f"{StudyConfig.attack_loss}); keras writes to <dataset>-<preset>-keras-loss/.")),
+           images_per_class: Optional[int] = typer.Option(None, show_default=False, help=(  # noqa: UP045
+               "Report the evaluations that attacked the first N test images of each class, as the study's "
+               "--images-per-class (default: 0, all); writes to <dataset>-<preset>-<N>-per-class/.")),
            results: Optional[list[str]] = typer.Option(None, "--results", metavar="FILE", show_default=False, help=(  # noqa: UP045, B008 (typer)
                "Report the results.json files of earlier reports instead of this tracking store, their seeds "
                "combined: repeat it or separate paths by commas (e.g. seeds run in separate stores with "
@@ -150,7 +153,8 @@ def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noq
 
     with _one_line_errors():
         if results:
-            given = {"--preset": preset, "--data": data, "--attack-loss": attack_loss}
+            given = {"--preset": preset, "--data": data, "--attack-loss": attack_loss,
+                     "--images-per-class": images_per_class}
             if any(value is not None for value in given.values()):
                 passed = ", ".join(option for option, value in given.items() if value is not None)
                 raise ConfigError(f"{passed} cannot be combined with --results: the files name their study; "
@@ -161,7 +165,7 @@ def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noq
 
         store.prepare()
         run_report(preset or StudyConfig.preset, data or StudyConfig.data, output_dir,
-                   attack_loss or StudyConfig.attack_loss)
+                   attack_loss or StudyConfig.attack_loss, images_per_class or 0)
 
 
 app.command("report")(report)

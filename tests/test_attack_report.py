@@ -91,3 +91,18 @@ def test_results_files_keep_the_attack(three_attacks, tmp_path):
     read, _ = read_results_files([path])
     assert sorted((e.key, e.attack_params) for e in read.evaluations) == \
         sorted((e.key, e.attack_params) for e in three_attacks.evaluations)
+
+
+def test_a_report_of_a_subset_keeps_its_size_through_results_files(three_attacks, tmp_path):
+    """Evaluations of the first N images of each class are a study of their own, reported apart."""
+    from imbadv.report.output import _write
+    from imbadv.report.saved import ResultsFileError
+
+    subset = dataclasses.replace(three_attacks, images_per_class=200)
+    folder = _write(subset, str(tmp_path), "logits")
+    assert folder.name == "cifar10-paper-200-per-class"
+    read, _ = read_results_files([folder / "results.json"])
+    assert read.images_per_class == 200
+    whole = write_results_file(three_attacks, tmp_path / "whole.json")
+    with pytest.raises(ResultsFileError, match=r"holds images_per_class 200 but .* holds 0"):
+        read_results_files([whole, folder / "results.json"])

@@ -254,18 +254,22 @@ def attach_to_study(results: StudyResults, folder: Path) -> None:
         log.artifacts(folder, "report", run_id=results.study_run_id)
 
 
-def run_report(preset: str, data: str, output_dir: str, attack_loss: str = "logits") -> Path:
+def run_report(preset: str, data: str, output_dir: str, attack_loss: str = "logits",
+               images_per_class: int = 0) -> Path:
     """Read the finished runs of a study and write its report to `<output_dir>/<dataset>-<preset>/`
-    (`...-keras-loss/` for the evaluations made with Keras' loss), with the results behind it in
-    `results.json`."""
+    (`...-keras-loss/` for the evaluations made with Keras' loss, `...-<N>-per-class/` for those that
+    attacked the first N test images of each class), with the results behind it in `results.json`."""
     from imbadv.core.data import dataset_name
     from imbadv.tracking.results import load_results
 
     dataset = dataset_name(data)
     if attack_loss not in ("logits", "keras"):
         raise ConfigError(f"unknown attack loss {attack_loss!r}: use logits or keras")
-    results = load_results(dataset, preset, attack_loss=attack_loss)
-    option = "" if attack_loss == "logits" else f" --attack-loss {attack_loss}"
+    if images_per_class < 0:
+        raise ConfigError(f"images per class {images_per_class} is negative: pass 0 (all) or more")
+    results = load_results(dataset, preset, attack_loss=attack_loss, images_per_class=images_per_class)
+    option = ("" if attack_loss == "logits" else f" --attack-loss {attack_loss}") + \
+        (f" --images-per-class {images_per_class}" if images_per_class else "")
     if not results.evaluations:
         raise ConfigError(f"no finished evaluations of {dataset} with preset {preset}{option} in this tracking "
                           f"store: run `imbadv reproduce --preset {preset} --data {data}{option}` first")
@@ -283,8 +287,8 @@ def run_report_from_files(paths: list[str], output_dir: str) -> Path:
 
 
 def _write(results: StudyResults, output_dir: str, attack_loss: str) -> Path:
-    folder = Path(output_dir) / (f"{results.dataset}-{results.preset}" + ("" if attack_loss == "logits"
-                                                                          else "-keras-loss"))
+    name = f"{results.dataset}-{results.preset}" + ("" if attack_loss == "logits" else "-keras-loss")
+    folder = Path(output_dir) / (name + (f"-{results.images_per_class}-per-class" if results.images_per_class else ""))
     write_report(results, folder)
     write_results_file(results, folder / RESULTS_FILE, attack_loss)
     print(f"report written to {folder}/report.html")

@@ -22,6 +22,7 @@ FORMAT = "imbadv-study-results/1"
 RESULTS_FILE = "results.json"  # in every report folder
 # What every combined file must agree on: results of other data, models or attacks are not one study.
 IDENTITY = ("dataset", "preset", "attack_loss", "class_names")
+SUBSET = "images_per_class"  # also identity; absent from files written before it, which attacked every image
 
 
 class ResultsFileError(ConfigError):
@@ -31,6 +32,7 @@ class ResultsFileError(ConfigError):
 def to_json(results: StudyResults, attack_loss: str = "logits") -> dict[str, Any]:
     return {"format": FORMAT, "dataset": results.dataset, "preset": results.preset, "attack_loss": attack_loss,
             "class_names": list(results.class_names), "study_run_id": results.study_run_id,
+            SUBSET: results.images_per_class,
             "evaluations": [_evaluation_json(e) for e in sorted(results.evaluations, key=_order)]}
 
 
@@ -47,9 +49,10 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
     loaded = [(Path(p), _read(Path(p))) for p in paths]
     first_path, first = loaded[0]
     for path, values in loaded[1:]:
-        for key in IDENTITY:
-            if values[key] != first[key]:
-                raise ResultsFileError(f"{path} holds {key} {values[key]!r} but {first_path} holds {first[key]!r}: "
+        for key in (*IDENTITY, SUBSET):
+            if values.get(key, 0) != first.get(key, 0):
+                raise ResultsFileError(f"{path} holds {key} {values.get(key, 0)!r} but {first_path} holds "
+                                       f"{first.get(key, 0)!r}: "
                                        "combine only results of one study's settings")
     evaluations: list[Evaluation] = []
     origin: dict[tuple, Path] = {}
@@ -65,7 +68,8 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
             evaluations.append(evaluation)
     check_one_version_per_model(evaluations)  # per seed, so models of separate stores never meet
     study_run_id = first["study_run_id"] if len(loaded) == 1 else None
-    results = StudyResults(first["dataset"], first["preset"], tuple(first["class_names"]), evaluations, study_run_id)
+    results = StudyResults(first["dataset"], first["preset"], tuple(first["class_names"]), evaluations, study_run_id,
+                           int(first.get(SUBSET, 0)))
     return results, first["attack_loss"]
 
 

@@ -64,6 +64,7 @@ class StudyResults:
     class_names: tuple[str, ...]
     evaluations: list[Evaluation]
     study_run_id: str | None
+    images_per_class: int = 0  # the evaluations attacked the first N test images of each class (0: all)
 
     @property
     def seeds(self) -> list[int]:
@@ -90,11 +91,12 @@ class StudyResults:
         return None
 
 
-def _evaluation(run: Run, attack_loss: str = "logits") -> Evaluation | None:
+def _evaluation(run: Run, attack_loss: str = "logits", images_per_class: int = 0) -> Evaluation | None:
     p = run.data.params
     source, attack = p.get(P + "source", ""), p.get(P + "attack", "")
     if source not in ("self", "balanced") or attack not in STUDY_ATTACKS or p.get(P + "direction") != "ascent" \
-            or p.get(P + "target_label", "") != "" or p.get(P + "attack_loss", "logits") != attack_loss:
+            or p.get(P + "target_label", "") != "" or p.get(P + "attack_loss", "logits") != attack_loss \
+            or int(p.get(P + "images_per_class", "0")) != images_per_class:
         return None
     return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]),
                       sampling=p[P + "sampling"], class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
@@ -104,8 +106,11 @@ def _evaluation(run: Run, attack_loss: str = "logits") -> Evaluation | None:
                       attack_params=run.data.tags.get(names.TAG_ATTACK_PARAMS, ""))
 
 
-def load_results(dataset: str, preset: str, with_confusions: bool = True, attack_loss: str = "logits") -> StudyResults:
-    """The newest finished evaluation of each study cell for `dataset` and `preset`, made with `attack_loss`."""
+def load_results(dataset: str, preset: str, with_confusions: bool = True, attack_loss: str = "logits",
+                 images_per_class: int = 0) -> StudyResults:
+    """The newest finished evaluation of each study cell for `dataset` and `preset`, made with `attack_loss`
+    on the first `images_per_class` test images of each class (0: on all of them): evaluations of
+    other images measure something else and are never mixed in."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
@@ -114,7 +119,7 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True, attack
                        f"tags.`{names.TAG_DATASET}` = '{dataset}' and params.`{P}preset` = '{preset}'"))
     newest: dict[tuple, Evaluation] = {}
     for run in runs:
-        evaluation = _evaluation(run, attack_loss)
+        evaluation = _evaluation(run, attack_loss, images_per_class)
         if evaluation is None:
             continue
         newest.setdefault(evaluation.key, evaluation)  # runs come newest first
@@ -129,7 +134,8 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True, attack
         experiments, max_results=1, order_by=["attributes.start_time DESC"],
         filter_string=(f"tags.`{names.TAG_JOB}` = 'study' and tags.`{names.TAG_DATASET}` = '{dataset}' and "
                        f"params.`{P}preset` = '{preset}'"))
-    return StudyResults(dataset, preset, class_names, evaluations, studies[0].info.run_id if studies else None)
+    return StudyResults(dataset, preset, class_names, evaluations, studies[0].info.run_id if studies else None,
+                        images_per_class)
 
 
 class MixedVersions(RuntimeError):
