@@ -1,8 +1,6 @@
 """imbadv's PGD against torchattacks' PGD: the same model, images, start and settings, timed side by side.
 
-Result (2 CPU cores, VGG width 16, batch 250, --images 500 --repeats 3): the same adversarial pixels as
-torchattacks (100%); PGD-20 runs 1.02x as fast as torchattacks 3.5's in the default layout, 1.41x in
-channels_last (the cpu preset's evaluation): both spend their time in the 20 forward and backward passes.
+Results: benchmarks/README.md, attack_speed.py.
 
 First checks that both give the same adversarial images from the same random start (equal to 1e-6 on at
 least 99.9% of pixel values: the projections round differently in the last bit, which may flip the sign of
