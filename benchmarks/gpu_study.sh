@@ -53,7 +53,7 @@ if [ "$PREFLIGHT" = 1 ]; then
   echo "preflight: one $PRESET training on 64 images per class, one epoch, on $DEVICE"
   START_MS=$(now_ms)
   if ! MLFLOW_TRACKING_URI="sqlite:///$OUT/preflight.db" "$PYTHON" -m imbadv train --preset "$PRESET" \
-      --data "$DATA" --device "$DEVICE" --majority-count 64 --minority-count 64 --epochs 1 >"$OUT/preflight.log" 2>&1; then
+      --data "$DATA" --device "$DEVICE" --majority-count 64 --epochs 1 >"$OUT/preflight.log" 2>&1; then
     echo "gpu_study.sh: the preflight training failed, so the study was not started: see $OUT/preflight.log" >&2
     tail -n 5 "$OUT/preflight.log" >&2
     exit 3

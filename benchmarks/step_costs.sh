@@ -27,7 +27,7 @@ step() {  # step NAME ARGS...: run `imbadv ARGS`, print its seconds, stop on fai
   "$PYTHON" -m imbadv "$@" >"$OUT/logs/$name.log" 2>&1 || { tail -n 5 "$OUT/logs/$name.log" >&2; exit 3; }
   printf '%-45s %8s s\n' "$name" "$(seconds_since "$start")"
 }
-TRAIN=(--preset paper-fast --no-torch-compile --majority-count 64 --minority-count 64 --epochs 1
+TRAIN=(--preset paper-fast --no-torch-compile --majority-count 64 --epochs 1
        --data "$DATA" --device "$DEVICE")
 EVALUATE=(--preset paper-fast --data "$DATA" --device "$DEVICE" --max-onnx-disagreement 1)
 step "train balanced (decodes the data first)" train "${TRAIN[@]}"

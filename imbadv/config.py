@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-Sampling = Literal["balanced", "under", "over"]
+Sampling = Literal["balanced", "under", "over", "longtail", "step", "natural"]
 Precision = Literal["fp32", "bf16"]
 AttackName = Literal["fgsm", "ifgsm", "pgd", "mifgsm", "autoattack"]
 Direction = Literal["ascent", "descent"]
@@ -55,9 +55,19 @@ def parse_class_id(value: str | int | None) -> int | None:
                       f"({', '.join(CIFAR10_CLASSES)})")
 
 
-def model_label(sampling: str, class_id: int | None) -> str:
-    """`balanced`, `under-c<k>` or `over-c<k>`: the model in run names, registry names and messages."""
-    return sampling if class_id is None else f"{sampling}-c{class_id}"
+# Section 3.1: a class of 5,000 images cut to 1,000, the imbalance ratio of every paper model.
+PAPER_RATIO = 5.0
+CLASS_SAMPLINGS = ("under", "over")  # the profiles that single out one class (--class-id)
+RATIO_SAMPLINGS = ("under", "over", "longtail", "step")  # the profiles that take --ratio
+
+
+def model_label(sampling: str, class_id: int | None, ratio: float | None = None) -> str:
+    """The model in run names, registry names and messages: `balanced`, `natural`, `under-c<k>` and
+    `over-c<k>` at the paper's ratio, `under-c<k>-r<R>` at another, `longtail-r<R>`, `step-r<R>`."""
+    label = sampling if class_id is None else f"{sampling}-c{class_id}"
+    if sampling in RATIO_SAMPLINGS and (sampling not in CLASS_SAMPLINGS or ratio not in (None, PAPER_RATIO)):
+        label += f"-r{PAPER_RATIO if ratio is None else ratio:g}"
+    return label
 
 
 def first_line(error: BaseException) -> str:
@@ -93,11 +103,17 @@ class ModelSelection:
         "Data source: 'cifar10' (torchvision download), an image-folder directory with "
         "train/<class>/ and test/<class>/, or a .tar.gz of one."))
     sampling: Sampling = field(default="balanced", metadata=_help(
-        "Training set: 'balanced', 'under' (class c cut to minority-count) or 'over' (class c "
-        "kept, every other class cut to minority-count)."))
+        "Training set: 'balanced' (every class at majority-count), 'under' (class c cut to majority-count / "
+        "ratio), 'over' (class c kept, every other class cut to majority-count / ratio), and beyond the paper "
+        "'longtail' (class i keeps majority-count * ratio^(-i/(classes-1)), Cui et al. 2019), 'step' (the last "
+        "half of the classes at majority-count / ratio, Buda et al. 2018) or 'natural' (every training image, "
+        "as the dataset has it)."))
     class_id: int | None = field(default=None, metadata=_help(
         "The under- or over-sampled class: a 0-based label or a CIFAR-10 class name (cat); required unless "
         "sampling=balanced."))
+    ratio: float | None = field(default=None, metadata=_help(
+        "Imbalance ratio of under, over, longtail and step: the largest class's count over the smallest's "
+        "(default: section 3.1's 5, a class of 5,000 cut to 1,000); balanced and natural take none."))
     preset: str = field(default="paper", metadata=_help(
         "Named set of config values: 'paper' (the paper's, fp32), 'paper-fast' (paper plus a GPU's "
         "fast paths), 'paper-group' (paper-fast without torch.compile, for training groups), 'paper-aug' "
@@ -113,10 +129,19 @@ class ModelSelection:
     def __post_init__(self) -> None:
         check_choices(self)
         check_preset(self.preset)
-        if self.sampling == "balanced" and self.class_id is not None:
-            raise ConfigError("sampling=balanced takes no class id: drop --class-id or use under/over")
-        if self.sampling != "balanced" and self.class_id is None:
+        if self.sampling not in CLASS_SAMPLINGS and self.class_id is not None:
+            raise ConfigError(f"sampling={self.sampling} takes no class id: drop --class-id or use under/over")
+        if self.sampling in CLASS_SAMPLINGS and self.class_id is None:
             raise ConfigError(f"sampling={self.sampling} needs a class: pass --class-id (0-9 for CIFAR-10)")
+        if self.sampling not in RATIO_SAMPLINGS and self.ratio is not None:
+            raise ConfigError(f"sampling={self.sampling} takes no ratio: drop --ratio or use "
+                              f"{', '.join(RATIO_SAMPLINGS)}")
+        if self.sampling in RATIO_SAMPLINGS:
+            ratio = PAPER_RATIO if self.ratio is None else float(self.ratio)
+            if not ratio > 1.0:
+                raise ConfigError(f"ratio {self.ratio} is not above 1 (ratio 1 is the balanced model): pass "
+                                  "--sampling balanced, or e.g. --ratio 20")
+            object.__setattr__(self, "ratio", ratio)  # one identity for the paper's ratio, given or not
         if self.class_id is not None and self.class_id < 0:
             raise ConfigError(f"class id {self.class_id} is negative: pass a label from 0 to classes-1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -128,9 +153,8 @@ class TrainConfig(ModelSelection):
     """One training job: imbalanced sampling, the adapted VGG and Keras-style RMSprop (section 3.1)."""
 
     majority_count: int = field(default=5000, metadata=_help(
-        "Training images kept per majority class (section 3.1: 5,000, all of CIFAR-10's)."))
-    minority_count: int = field(default=1000, metadata=_help(
-        "Training images kept per minority class (section 3.1: 1,000)."))
+        "Training images kept per majority class (section 3.1: 5,000, all of CIFAR-10's); the others keep "
+        "majority-count / ratio (see --sampling)."))
     val_fraction: float = field(default=0.1, metadata=_help(
         "Share of each class's sampled images held out, for the validation metrics and --stopping val-loss "
         "(not in the paper): at 0.1 a 5,000-image class trains on 4,500 and a 1,000-image class on 900. 0: "
@@ -188,7 +212,7 @@ class TrainConfig(ModelSelection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "majority_count", "minority_count", "width", "dense_units", "batch_size",
+        _positive(self, "majority_count", "width", "dense_units", "batch_size",
                   "epochs", "patience", "eval_batch_size")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val fraction {self.val_fraction} is outside [0, 1): pass e.g. --val-fraction 0.1, "
@@ -209,6 +233,8 @@ class TrainConfig(ModelSelection):
         if self.shared_init:
             return self.seed
         text = f"imbadv-init:{self.seed}:{self.sampling}:{'' if self.class_id is None else self.class_id}"
+        if self.ratio not in (None, PAPER_RATIO) or self.sampling not in ("balanced", *CLASS_SAMPLINGS):
+            text += f":{self.ratio}"  # the paper's models keep the seeds they always had
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1  # 31 bits
 
 
@@ -369,7 +395,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-aug-fast": {"augment": "keras", "block_dropout": 0.25, "dense_dropout": 0.5, "stopping": "val-loss",
                        "patience": 10, "precision": "bf16", "torch_compile": True, "channels_last": True},
     # Seconds: tiny width, a few hundred training images; evaluation still uses the whole test set.
-    "smoke": {"width": 8, "dense_units": 64, "majority_count": 100, "minority_count": 20,
+    "smoke": {"width": 8, "dense_units": 64, "majority_count": 100,
               "batch_size": 8, "lr": 1e-3, "epochs": 2, "patience": 2},
 }
 

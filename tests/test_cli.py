@@ -193,4 +193,5 @@ def test_a_bad_option_fails_before_torch_and_mlflow_load():
             "    print('EXIT', e.code, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow'}))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "EXIT 1 []" in result.stdout, result.stdout + result.stderr[-2000:]
-    assert_one_error_line(result.stderr, "unknown --sampling 'Over': use balanced, under or over")
+    assert_one_error_line(result.stderr, "unknown --sampling 'Over': use balanced, under, over, longtail, step or "
+                                         "natural")

@@ -93,7 +93,7 @@ def test_train_logs_registers_and_exports(store, small_data, session_cache):
     # The logged indices rebuild the training set exactly.
     logged = [int(i) for i in artifact_text(outcome.run_id, names.TRAIN_INDICES_ARTIFACT).split()]
     config = TrainConfig(**smoke(small_data, session_cache, sampling="under", class_id=3, majority_count=100,
-                                 minority_count=20, batch_size=8))
+                                 batch_size=8))
     assert logged == sample_split(dataset.train_labels, config, 10).train.tolist()
     assert np.bincount(dataset.train_labels[logged]).tolist() == [90] * 3 + [18] + [90] * 6
 

@@ -53,7 +53,7 @@ def test_the_train_job_starts_from_keras_init_unless_asked_for_torchs(one_thread
 
 def test_val_fraction_zero_trains_on_every_sampled_image_for_every_epoch(one_thread):
     labels = np.repeat(np.arange(10), 30)
-    config = resolve_train_config(preset="smoke", majority_count=20, minority_count=5, sampling="under",
+    config = resolve_train_config(preset="smoke", majority_count=20, ratio=4, sampling="under",
                                   class_id=3, val_fraction=0, epochs=3, patience=1, stopping="val-loss")
     split = sample_split(labels, config, 10)
     assert len(split.val) == 0 and len(split.train) == 9 * 20 + 5

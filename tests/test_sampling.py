@@ -34,7 +34,7 @@ def test_sampled_counts_per_class(labels, sampling, class_id, expected):
     split = sample_split(labels, config, NUM_CLASSES)
     total = _counts(labels, split.train) + _counts(labels, split.val)
     assert total.tolist() == expected
-    assert class_counts(sampling, class_id, NUM_CLASSES, 5000, 1000) == expected
+    assert class_counts(sampling, class_id, NUM_CLASSES, 5000, 5) == expected
 
 
 @pytest.mark.parametrize("sampling,class_id", [("balanced", None), ("under", 2), ("over", 5)])
@@ -133,8 +133,8 @@ def test_sampling_and_class_id_must_agree(kwargs):
 
 @pytest.mark.parametrize("kwargs", [
     {"sampling": "balanced", "class_id": None, "majority_count": 5001},
-    {"sampling": "under", "class_id": 2, "minority_count": 6000, "majority_count": 6000},
-    {"sampling": "over", "class_id": 2, "minority_count": 5001},
+    {"sampling": "under", "class_id": 2, "majority_count": 6000},
+    {"sampling": "over", "class_id": 2, "majority_count": 5001},
 ])
 def test_counts_above_available_raise(labels, kwargs):
     with pytest.raises(ConfigError):
@@ -145,11 +145,11 @@ def test_missing_class_raises(labels):
     """A dataset without any image of some class cannot give it its count."""
     no_class_9 = labels[labels != 9]
     with pytest.raises(ConfigError):
-        sample_split(no_class_9, TrainConfig(sampling="balanced", majority_count=100, minority_count=10),
+        sample_split(no_class_9, TrainConfig(sampling="balanced", majority_count=100),
                      NUM_CLASSES)
 
 
 def test_too_few_images_for_validation_raises(labels):
-    config = TrainConfig(sampling="under", class_id=0, minority_count=1, majority_count=50)
+    config = TrainConfig(sampling="under", class_id=0, ratio=50, majority_count=50)
     with pytest.raises(ConfigError):
         sample_split(labels, config, NUM_CLASSES)

@@ -86,7 +86,7 @@ def test_files_of_other_settings_are_refused(tmp_path, change, message):
 def test_a_seed_in_two_files_is_refused(tmp_path):
     write_results_file(_study([0]), tmp_path / "a.json")
     write_results_file(_study([0, 1]), tmp_path / "b.json")
-    with pytest.raises(ResultsFileError, match=r"seed 0's balanced None self fgsm evaluation at eps 0.01 is in both"):
+    with pytest.raises(ResultsFileError, match=r"seed 0's balanced self fgsm evaluation at eps 0.01 is in both"):
         read_results_files([tmp_path / "a.json", tmp_path / "b.json"])
 
 

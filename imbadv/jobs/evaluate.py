@@ -59,8 +59,8 @@ def run_name(config: EvaluateConfig) -> str:
     """`eval-<whitebox|blackbox|transfer>-<model>-<attack>-<direction>-eps<eps>`: what tells runs apart first,
     since the MLflow UI cuts names short."""
     kind = {"self": "whitebox", "balanced": "blackbox"}.get(config.source, "transfer")
-    return (f"eval-{kind}-{model_label(config.sampling, config.class_id)}-{config.attack}-{config.direction}-"
-            f"eps{config.eps:g}")
+    model = model_label(config.sampling, config.class_id, config.ratio)
+    return f"eval-{kind}-{model}-{config.attack}-{config.direction}-eps{config.eps:g}"
 
 
 def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOutcome:
@@ -102,14 +102,14 @@ def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOu
 def _resolve_models(config: EvaluateConfig, dataset: ImageDataset, device: torch.device,
                     shared: SharedWork) -> tuple[RegisteredModel, RegisteredModel]:
     target = load_model(shared, config.target_uri or names.model_uri(config, dataset.name), device)
-    _check_is(target, config.sampling, config.class_id, dataset.name)
+    _check_is(target, config.sampling, config.class_id, dataset.name, config.ratio)
     if target.dataset_digest != dataset.digest:
         raise RegistryError(f"{target.uri} was trained on other data than {config.data}: evaluate it on the "
                             "dataset it was trained on")
     if config.source == "self":
         return target, target
     if config.source == "balanced":
-        balanced = dataclasses.replace(config, sampling="balanced", class_id=None)
+        balanced = dataclasses.replace(config, sampling="balanced", class_id=None, ratio=None)
         source_uri = config.source_uri or names.model_uri(balanced, dataset.name)
     elif config.source.startswith("models:/"):
         source_uri = config.source
@@ -124,9 +124,10 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset, device: torch
     return target, source
 
 
-def _check_is(model: RegisteredModel, sampling: str, class_id: int | None, dataset: str) -> None:
+def _check_is(model: RegisteredModel, sampling: str, class_id: int | None, dataset: str,
+              ratio: float | None = None) -> None:
     """Refuse a pinned version of another model than the one the options select."""
-    expected = names.registered_model_name(dataset, sampling, class_id)
+    expected = names.registered_model_name(dataset, sampling, class_id, ratio)
     if model.name != expected:
         raise ConfigError(f"{model.uri} is a version of {model.name}, not of {expected}: pass a version of "
                           f"{expected}, or options that select {model.name}")

@@ -27,7 +27,7 @@ from imbadv.core.group import TrainingGroup
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
 from imbadv.core.model import VGG, weights_sha256
-from imbadv.core.sampling import sample_split
+from imbadv.core.sampling import Split, sample_split
 from imbadv.core.trainer import initial_network, train
 from imbadv.jobs.shared import SharedWork, current, load_data, onnx_check_key
 from imbadv.tracking import lifecycle, liveness, log, names, provenance, registry, store
@@ -44,7 +44,7 @@ class TrainOutcome:
 
 def run_name(config: TrainConfig) -> str:
     """`train-<model>-<preset>-s<seed>`, e.g. `train-over-c3-paper-s0`."""
-    return f"train-{model_label(config.sampling, config.class_id)}-{config.preset}-s{config.seed}"
+    return f"train-{model_label(config.sampling, config.class_id, config.ratio)}-{config.preset}-s{config.seed}"
 
 
 def run_train(resume: str | None = None, shared: SharedWork | None = None, group: TrainingGroup | None = None,
@@ -120,11 +120,11 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     split = sample_split(dataset.train_labels, config, dataset.num_classes)
     log.text("\n".join(map(str, split.train.tolist())), names.TRAIN_INDICES_ARTIFACT)
     log.text("\n".join(map(str, split.val.tolist())), names.VAL_INDICES_ARTIFACT)
-    counts = np.bincount(dataset.train_labels[split.train], minlength=dataset.num_classes)
     log.params({"train_images": len(split.train), "val_images": len(split.val),
                 "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images"
                               if config.val_fraction else "none"),
-                "train_counts": ",".join(map(str, counts.tolist())), "init_seed": config.init_seed})
+                "train_counts": train_counts(dataset.train_labels, split, dataset.num_classes),
+                "init_seed": config.init_seed})
 
     network = initial_network(config, dataset.num_classes).to(device)
     log.tags({names.TAG_INIT_SHA256: weights_sha256(network)})
@@ -172,6 +172,11 @@ def _export_once(network: VGG, path: Path, shared: SharedWork, key: str) -> None
     shared.put("onnx_graph", key, onnx.load(str(path)))
 
 
+def train_counts(labels: np.ndarray, split: Split, num_classes: int) -> str:
+    """Images each class trains on (validation images held out), comma-separated in class-id order."""
+    return ",".join(map(str, np.bincount(labels[split.train], minlength=num_classes).tolist()))
+
+
 def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VGG, test_logits: torch.Tensor,
                          run_id: str, device: torch.device, shared: SharedWork) -> TrainOutcome:
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,11 +196,15 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
         if 1.0 - check.agreement > MAX_ONNX_DISAGREEMENT:
             raise OnnxMismatch(f"onnxruntime agrees with PyTorch on {check.agreement:.4%} of test images, below "
                                f"{1.0 - MAX_ONNX_DISAGREEMENT:.1%}: the export is wrong; the model was not registered")
-        name = names.registered_model_name(dataset.name, config.sampling, config.class_id)
+        name = names.registered_model_name(dataset.name, config.sampling, config.class_id, config.ratio)
         alias = names.model_alias(config.preset, config.seed)
         tags = {names.VERSION_SAMPLING: config.sampling,
                 names.VERSION_CLASS_ID: "" if config.class_id is None else str(config.class_id),
                 names.VERSION_CLASS_NAME: "" if config.class_id is None else dataset.class_names[config.class_id],
+                names.VERSION_RATIO: "" if config.ratio is None else f"{config.ratio:g}",
+                names.VERSION_TRAIN_COUNTS: train_counts(
+                    dataset.train_labels, sample_split(dataset.train_labels, config, dataset.num_classes),
+                    dataset.num_classes),
                 names.VERSION_PRESET: config.preset, names.VERSION_SEED: str(config.seed),
                 names.VERSION_DATASET: dataset.name, names.VERSION_DATASET_DIGEST: dataset.digest,
                 names.VERSION_GIT_COMMIT: provenance.git_commit(),

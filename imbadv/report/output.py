@@ -127,7 +127,9 @@ ATTACK_TITLES = {"fgsm": "FGSM", "ifgsm": "iterative FGSM", "mifgsm": "MI-FGSM",
 def write_report(results: StudyResults, folder: Path, eps: float = TABLE1_EPS) -> dict[str, Path]:
     """Write every report file into `folder`, the paper's FGSM (else the first attack with results) at
     the top and each other attack's report in `attacks/<attack>/`, with `attack_audit.csv` when FGSM
-    and a stronger attack both ran; returns the top folder's files by name."""
+    and a stronger attack both ran; returns the top folder's files by name. Only the paper's 21 models
+    are reported (a sweep's other profiles and ratios: `imbadv.report.sweep`)."""
+    results = results.paper_models()
     attacks = results.attacks
     main = PAPER_ATTACK if PAPER_ATTACK in attacks else attacks[0]
     audit = audit_rows(results, eps)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from imbadv.config import ConfigError
+from imbadv.config import PAPER_RATIO, RATIO_SAMPLINGS, ConfigError, model_label
 from imbadv.tracking.results import PAPER_ATTACK, Evaluation, StudyResults, check_one_version_per_model
 
 FORMAT = "imbadv-study-results/1"
@@ -60,7 +60,8 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
         for item in values["evaluations"]:
             evaluation = _evaluation(item, path)
             if evaluation.key in origin:
-                raise ResultsFileError(f"seed {evaluation.seed}'s {evaluation.sampling} {evaluation.class_id} "
+                model = model_label(evaluation.sampling, evaluation.class_id, evaluation.ratio)
+                raise ResultsFileError(f"seed {evaluation.seed}'s {model} "
                                        f"{evaluation.source} {evaluation.attack} evaluation at eps {evaluation.eps:g} "
                                        f"is in both {origin[evaluation.key]} and {path}: combine files of "
                                        "different seeds")
@@ -75,15 +76,16 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
 
 def _order(evaluation: Evaluation) -> tuple:
     """A sort key of `Evaluation.cell`: the balanced model's cells (class None) first."""
-    attack, seed, eps, sampling, class_id, source = evaluation.key
-    return (attack, seed, eps, sampling, -1 if class_id is None else class_id, source)
+    attack, seed, eps, sampling, class_id, source, ratio = evaluation.key
+    return (attack, seed, eps, sampling, -1 if class_id is None else class_id, source, ratio or 0.0)
 
 
 def _evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
     return {"run_id": evaluation.run_id, "seed": evaluation.seed, "eps": evaluation.eps,
             "sampling": evaluation.sampling, "class_id": evaluation.class_id, "source": evaluation.source,
             "target_version": evaluation.target_version, "source_version": evaluation.source_version,
-            "attack": evaluation.attack, "attack_params": evaluation.attack_params, "metrics": evaluation.metrics,
+            "attack": evaluation.attack, "attack_params": evaluation.attack_params, "ratio": evaluation.ratio,
+            "metrics": evaluation.metrics,
             "confusion": {kind: matrix.astype(int).tolist() for kind, matrix in evaluation.confusion.items()}}
 
 
@@ -105,6 +107,13 @@ def _read(path: Path) -> dict[str, Any]:
     return values
 
 
+def _ratio(item: dict[str, Any]) -> float | None:
+    """The target's ratio; files written before ratios hold the paper's models only."""
+    if str(item["sampling"]) not in RATIO_SAMPLINGS:
+        return None
+    return PAPER_RATIO if item.get("ratio") is None else float(item["ratio"])
+
+
 def _evaluation(item: dict[str, Any], path: Path) -> Evaluation:
     try:
         return Evaluation(run_id=str(item["run_id"]), seed=int(item["seed"]), eps=float(item["eps"]),
@@ -116,7 +125,8 @@ def _evaluation(item: dict[str, Any], path: Path) -> Evaluation:
                           target_version=str(item.get("target_version", "")),
                           source_version=str(item.get("source_version", "")),
                           attack=str(item.get("attack", PAPER_ATTACK)),
-                          attack_params=str(item.get("attack_params", "")))
+                          attack_params=str(item.get("attack_params", "")),
+                          ratio=_ratio(item))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ResultsFileError(f"{path} holds an evaluation it cannot describe ({type(error).__name__}: {error}): "
                                "write it again with `imbadv report`") from None

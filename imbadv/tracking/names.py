@@ -67,6 +67,8 @@ def per_class(metric: str, k: int) -> str:
 VERSION_SAMPLING = "sampling"
 VERSION_CLASS_ID = "class_id"  # "" for the balanced model
 VERSION_CLASS_NAME = "class_name"
+VERSION_RATIO = "ratio"  # "" for balanced and natural
+VERSION_TRAIN_COUNTS = "train_counts"  # images each class trains on, comma-separated in class-id order
 VERSION_PRESET = "preset"
 VERSION_SEED = "seed"
 VERSION_DATASET = "dataset"
@@ -90,9 +92,10 @@ PER_CLASS_ARTIFACT = "per_class.csv"
 GRID_ARTIFACT = "examples/adversarial_grid.png"
 
 
-def registered_model_name(dataset: str, sampling: str, class_id: int | None) -> str:
-    """`imbadv-<dataset>-balanced`, `imbadv-<dataset>-under-c<k>` or `imbadv-<dataset>-over-c<k>`."""
-    return f"imbadv-{dataset}-{model_label(sampling, class_id)}"
+def registered_model_name(dataset: str, sampling: str, class_id: int | None, ratio: float | None = None) -> str:
+    """`imbadv-<dataset>-<model label>`: `imbadv-cifar10-balanced`, `imbadv-cifar10-under-c3` (the paper's
+    ratio), `imbadv-cifar10-under-c3-r20`, `imbadv-cifar10-longtail-r100` (`imbadv.config.model_label`)."""
+    return f"imbadv-{dataset}-{model_label(sampling, class_id, ratio)}"
 
 
 def model_alias(preset: str, seed: int) -> str:
@@ -102,5 +105,5 @@ def model_alias(preset: str, seed: int) -> str:
 
 def model_uri(selection: ModelSelection, dataset: str) -> str:
     """`models:/<name>@<preset>-s<seed>` of the model a selection names."""
-    name = registered_model_name(dataset, selection.sampling, selection.class_id)
+    name = registered_model_name(dataset, selection.sampling, selection.class_id, selection.ratio)
     return f"models:/{name}@{model_alias(selection.preset, selection.seed)}"

@@ -17,7 +17,7 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from imbadv.config import AttackConfig
+from imbadv.config import CLASS_SAMPLINGS, PAPER_RATIO, RATIO_SAMPLINGS, AttackConfig
 from imbadv.tracking import names
 
 P = names.CONFIG_PARAM_PREFIX
@@ -42,6 +42,16 @@ class Evaluation:
     source_version: str = ""  # <name>/<version> of the black-box source, "self" when white-box
     attack: str = PAPER_ATTACK
     attack_params: str = ""  # the attack's settings beyond eps, e.g. "steps=20 step_size=0.0025 restarts=1"
+    ratio: float | None = None  # the target's imbalance ratio (under, over, longtail, step), None for balanced
+
+    def __post_init__(self) -> None:
+        if self.sampling in RATIO_SAMPLINGS and self.ratio is None:
+            object.__setattr__(self, "ratio", PAPER_RATIO)  # evaluations before ratios: the paper's models
+
+    @property
+    def is_paper_model(self) -> bool:
+        """Whether the target is one of the paper's 21 models: balanced, or under/over at ratio 5."""
+        return self.sampling == "balanced" or (self.sampling in CLASS_SAMPLINGS and self.ratio == PAPER_RATIO)
 
     def per_class(self, name: str, k: int) -> float:
         return self.metrics.get(names.per_class(name, k), float("nan"))
@@ -52,9 +62,9 @@ class Evaluation:
         return (self.seed, self.eps, self.sampling, self.class_id, self.source)
 
     @property
-    def key(self) -> tuple[str, int, float, str, int | None, str]:
-        """The attack and the cell: what one study's evaluations hold once."""
-        return (self.attack, *self.cell)
+    def key(self) -> tuple[str, int, float, str, int | None, str, float | None]:
+        """The attack, the cell and the ratio: what one study's (or sweep's) evaluations hold once."""
+        return (self.attack, *self.cell, self.ratio)
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,10 @@ class StudyResults:
         order = {name: i for i, name in enumerate(STUDY_ATTACKS)}
         return sorted({e.attack for e in self.evaluations}, key=lambda a: (order.get(a, len(order)), a))
 
+    def paper_models(self) -> StudyResults:
+        """These results with only the evaluations of the paper's 21 models: one Table 1's worth."""
+        return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.is_paper_model])
+
     def of_attack(self, attack: str) -> StudyResults:
         """These results with only `attack`'s evaluations: one Table 1's worth."""
         return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.attack == attack])
@@ -98,8 +112,10 @@ def _evaluation(run: Run, attack_loss: str = "logits", images_per_class: int = 0
             or p.get(P + "target_label", "") != "" or p.get(P + "attack_loss", "logits") != attack_loss \
             or int(p.get(P + "images_per_class", "0")) != images_per_class:
         return None
-    return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]),
-                      sampling=p[P + "sampling"], class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
+    sampling = p[P + "sampling"]
+    ratio = float(p.get(P + "ratio") or PAPER_RATIO) if sampling in RATIO_SAMPLINGS else None  # none before ratios
+    return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]), ratio=ratio,
+                      sampling=sampling, class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
                       source=source, metrics=dict(run.data.metrics),
                       target_version=run.data.tags.get(names.TAG_TARGET, ""),
                       source_version=run.data.tags.get(names.TAG_SOURCE, ""), attack=attack,
@@ -107,10 +123,11 @@ def _evaluation(run: Run, attack_loss: str = "logits", images_per_class: int = 0
 
 
 def load_results(dataset: str, preset: str, with_confusions: bool = True, attack_loss: str = "logits",
-                 images_per_class: int = 0) -> StudyResults:
+                 images_per_class: int = 0, paper_models: bool = True) -> StudyResults:
     """The newest finished evaluation of each study cell for `dataset` and `preset`, made with `attack_loss`
     on the first `images_per_class` test images of each class (0: on all of them): evaluations of
-    other images measure something else and are never mixed in."""
+    other images measure something else and are never mixed in. With `paper_models`, only those of the
+    paper's 21 models (Table 1); else a sweep's too, every profile and ratio."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
@@ -120,7 +137,7 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True, attack
     newest: dict[tuple, Evaluation] = {}
     for run in runs:
         evaluation = _evaluation(run, attack_loss, images_per_class)
-        if evaluation is None:
+        if evaluation is None or (paper_models and not evaluation.is_paper_model):
             continue
         newest.setdefault(evaluation.key, evaluation)  # runs come newest first
     evaluations = list(newest.values())
