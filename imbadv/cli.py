@@ -21,7 +21,7 @@ import typer
 
 from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, TrainConfig, parse_class_id, preset_values,
                            resolve_evaluate_config, resolve_train_config)
-from imbadv.study.config import StudyConfig
+from imbadv.study.config import StudyConfig, SweepConfig
 
 app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -118,8 +118,12 @@ def _evaluate(**options: Any) -> None:
     run_evaluate(**options)
 
 
-def _reproduce(**options: Any) -> None:
-    config = StudyConfig(**{k: v for k, v in options.items() if v is not None})
+def _study(kind: type[StudyConfig]) -> Callable[..., None]:
+    """The job of `reproduce` (a StudyConfig) or `sweep` (a SweepConfig): the same engine, another grid."""
+    return lambda **options: _run_study(kind(**{k: v for k, v in options.items() if v is not None}))
+
+
+def _run_study(config: StudyConfig) -> None:
     _ = config.eps_values, config.class_ids(num_classes=None)  # bad values fail before torch and MLflow load
     from imbadv.study import workers
 
@@ -177,7 +181,10 @@ app.command("train", help="Train one model of the study, export it to ONNX and r
 app.command("evaluate", help="Attack a registered model with FGSM / iterative FGSM and score it per class.")(
     config_command(EvaluateConfig, _evaluate))
 app.command("reproduce", help="Run the paper's study: 21 models per seed and their attacks; reuses finished runs.")(
-    config_command(StudyConfig, _reproduce))
+    config_command(StudyConfig, _study(StudyConfig)))
+app.command("sweep", help="Run the imbalance sweep: each class under- and over-sampled at each ratio, long-tailed "
+            "models, and their attacks, on the study's engine; reuses finished runs.")(
+    config_command(SweepConfig, _study(SweepConfig)))
 
 
 @models_app.callback()

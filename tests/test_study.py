@@ -249,7 +249,7 @@ def test_a_second_identical_study_on_this_machine_is_refused(tmp_path):
     from imbadv.study.engine import StudyFailed, _exclusive
 
     lock = tmp_path / "locks" / "study.lock"
-    held = "another `imbadv reproduce` with the same settings is running"
+    held = "another study \\(or sweep\\) with the same settings is running"
     with _exclusive(lock), pytest.raises(StudyFailed, match=held), _exclusive(lock):  # the second take fails
         pass
     with _exclusive(lock):  # released when the first study ends

@@ -11,8 +11,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from imbadv.config import (PRESETS, AttackConfig, AttackLoss, AttackName, ConfigError, ModelSelection, TrainConfig,
-                           check_choices, check_preset, default_cache_dir, parse_class_id, resolve_train_config)
+from imbadv.config import (PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName, ConfigError, ModelSelection,
+                           TrainConfig, check_choices, check_preset, default_cache_dir, parse_class_id,
+                           resolve_train_config)
 
 PAPER_ATTACK = AttackConfig.attack  # section 3.2: FGSM
 ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the attacks that take --steps and --step-size
@@ -38,6 +39,12 @@ class StudyConfig:
     eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
         "help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})
     classes: str = field(default="all", metadata={"help": "'all', or comma-separated class ids or CIFAR-10 names."})
+    ratios: str = field(default=f"{PAPER_RATIO:g}", metadata={"help": (
+        "Imbalance ratios of each class's under- and over-sampled models, comma-separated (section 3.1: 5); "
+        "ratio 1 is the balanced model, trained once per seed.")})
+    longtail: str = field(default="", metadata={"help": (
+        "Ratios of long-tailed models (class i keeps majority * ratio^(-i/(classes-1)), Cui et al. 2019), "
+        "comma-separated, one model per seed each; empty: none.")})
     jobs: int = field(default=1, metadata={"help": (
         "With --executor local: steps run at once on this machine, each in its own process with an equal share "
         "of the cores.")})
@@ -118,6 +125,7 @@ class StudyConfig:
                 raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
         if self.images_per_class < 0:
             raise ConfigError(f"images per class {self.images_per_class} is negative: pass 0 (all) or more")
+        _ = self.ratio_values, self.longtail_values
         for attack in self.attack_values:
             AttackConfig(**self.attack_options(attack, self.eps_values[0] if self.eps_values else AttackConfig.eps))
 
@@ -150,6 +158,21 @@ class StudyConfig:
         if attack == "autoattack":
             options |= {"aa_version": self.aa_version, "attack_seed": self.attack_seed}
         return options
+
+    @property
+    def kind(self) -> str:
+        """What the parent run is called: a study, or a sweep (`SweepConfig`)."""
+        return "study"
+
+    @property
+    def ratio_values(self) -> tuple[float, ...]:
+        """`ratios` as numbers, each once, in the order given (1: the balanced model)."""
+        return _ratios(self.ratios, "ratios", minimum=1.0)
+
+    @property
+    def longtail_values(self) -> tuple[float, ...]:
+        """`longtail` as numbers, each once, in the order given."""
+        return _ratios(self.longtail, "longtail", minimum=None)
 
     @property
     def training_overrides(self) -> dict[str, Any]:
@@ -189,6 +212,37 @@ class StudyConfig:
     def identity(self) -> dict[str, Any]:
         """What the study computes (logged as params, hashed into its key); not how it runs (`RUN_OPTIONS`)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_OPTIONS}
+
+
+def _ratios(text: str, name: str, minimum: float | None) -> tuple[float, ...]:
+    """Comma-separated ratios, each at least `minimum` (None: above 1), each once."""
+    try:
+        values = tuple(dict.fromkeys(float(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        values = (0.0,)
+    if any(v < minimum if minimum is not None else v <= 1.0 for v in values):
+        bound = f"{minimum:g} or more" if minimum is not None else "above 1"
+        raise ConfigError(f"{name} {text!r} are not comma-separated ratios {bound}: pass e.g. --{name} "
+                          f"{'1,5,20' if name == 'ratios' else '10,100'}")
+    return values
+
+
+# The sweep's grid when its options are not given (`imbadv sweep`): the paper's ratio 5 among ratios
+# from 2 to 100 (CIFAR-10-LT's usual 10, 50 and 100), and CIFAR-10-LT at 10 and 100.
+SWEEP_RATIOS = "1,2,5,10,20,50,100"
+SWEEP_LONGTAIL = "10,100"
+
+
+@dataclass(frozen=True)
+class SweepConfig(StudyConfig):
+    """A sweep (`imbadv sweep`): the study's engine over imbalance ratios and long-tailed profiles."""
+
+    ratios: str = field(default=SWEEP_RATIOS, metadata=StudyConfig.__dataclass_fields__["ratios"].metadata)
+    longtail: str = field(default=SWEEP_LONGTAIL, metadata=StudyConfig.__dataclass_fields__["longtail"].metadata)
+
+    @property
+    def kind(self) -> str:
+        return "sweep"
 
 
 # How a study runs, not what it computes: not logged as params, not in the study's key.

@@ -100,7 +100,7 @@ def _parent_run(config: StudyConfig, dataset_name: str, dataset_digest: str,
     under_project = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` made the study's run
     store.prepare(None if under_project else names.EXPERIMENT)
     parent_id = None if under_project else _existing_parent(study_key)
-    with lifecycle.open_run(parent_id, f"study-{dataset_name}-{config.preset}") as parent:
+    with lifecycle.open_run(parent_id, f"{config.kind}-{dataset_name}-{config.preset}") as parent:
         log.tags({names.TAG_JOB: "study", names.TAG_STUDY_KEY: study_key, names.TAG_ENGINE: config.engine,
                   names.TAG_EXECUTOR: config.executor, **provenance.provenance_tags(), names.TAG_DATASET: dataset_name,
                   names.TAG_DATASET_DIGEST: dataset_digest})
@@ -118,7 +118,7 @@ def _exclusive(path: Path) -> Iterator[None]:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StudyFailed("another `imbadv reproduce` with the same settings is running on this machine: "
+                raise StudyFailed("another study (or sweep) with the same settings is running on this machine: "
                                   f"wait for it to finish or stop it (lock {path})") from None
         yield
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
-from imbadv.config import model_label
+from imbadv.config import PAPER_RATIO, model_label
 from imbadv.study.config import PAPER_ATTACK, WHITEBOX_ONLY_ATTACKS, StudyConfig
 
 
@@ -29,7 +29,7 @@ class Step:
     @property
     def label(self) -> str:
         o = dict(self.options)
-        model = model_label(o["sampling"], o.get("class_id"))
+        model = model_label(o["sampling"], o.get("class_id"), o.get("ratio"))
         if self.entry == "train":
             return f"train {model} s{o['seed']}"
         return f"evaluate {model} s{o['seed']} {o['attack']} source={o['source']} eps={o['eps']:g}"
@@ -42,18 +42,26 @@ def step_key(entry: str, options: dict[str, Any], dataset_digest: str, code_vers
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def _ratio(value: float) -> dict[str, float]:
+    """A model's ratio option: none at the paper's, so that a study's and a sweep's paper models are the same steps."""
+    return {} if value == PAPER_RATIO else {"ratio": value}
+
+
 def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str]) -> list[Step]:
-    """Trainings (balanced, under c, over c per seed), then evaluations (per seed and eps); `code_versions`:
-    by entry point (train, evaluate), the version of the code that decides its steps' results."""
+    """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, per seed),
+    then evaluations (per attack, seed and eps); `code_versions`: by entry point (train, evaluate), the
+    version of the code that decides its steps' results."""
     classes = config.class_ids(num_classes)
     base = {"preset": config.preset, "data": config.data}
     training = {**base, **config.training_overrides, **({"shared_init": True} if config.shared_init else {})}
+    class_models = [(sampling, c, _ratio(r)) for c in classes for r in config.ratio_values if r != 1.0
+                    for sampling in ("under", "over")]
+    profiles = [("longtail", None, {"ratio": r}) for r in config.longtail_values]
     specs: list[tuple[str, dict[str, Any]]] = []
     for seed in config.seed_values:
         specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))
-        for c in classes:
-            for sampling in ("under", "over"):
-                specs.append(("train", {**training, "seed": seed, "sampling": sampling, "class_id": c}))
+        for sampling, c, ratio in class_models + profiles:
+            specs.append(("train", {**training, "seed": seed, "sampling": sampling, "class_id": c, **ratio}))
     subset = {"images_per_class": config.images_per_class} if config.images_per_class else {}
     for attack_name in config.attack_values:
         sources = ("self",) if attack_name in WHITEBOX_ONLY_ATTACKS else ("self", "balanced")
@@ -61,12 +69,11 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
             for eps in config.eps_values:
                 attack = {**base, "seed": seed, **config.attack_options(attack_name, eps), **subset}
                 specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
-                for c in classes:
+                for sampling, c, ratio in class_models + profiles:
                     # the paper's FGSM attacks every test image; a stronger attack only class c's, all its cells read
-                    own = {} if attack_name == PAPER_ATTACK else {"attack_classes": str(c)}
-                    for sampling in ("under", "over"):
-                        for source in sources:
-                            specs.append(("evaluate", {**attack, "sampling": sampling, "class_id": c, "source": source,
-                                                       **own}))
+                    own = {} if attack_name == PAPER_ATTACK or c is None else {"attack_classes": str(c)}
+                    for source in sources:
+                        specs.append(("evaluate", {**attack, "sampling": sampling, "class_id": c, "source": source,
+                                                   **ratio, **own}))
     return [Step(entry, tuple(sorted(options.items())), step_key(entry, options, dataset_digest, code_versions[entry]))
             for entry, options in specs]

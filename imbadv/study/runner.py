@@ -177,7 +177,7 @@ class StudyRun:
     code_versions: dict[str, str]  # by entry point: what its steps' reuse keys hash
     context: StepContext
     finished: dict[str, str]  # step key -> run id of a FINISHED run with that key
-    versions: dict[Model, str]  # the study's models: (seed, sampling, class_id) -> models:/<name>/<version>
+    versions: dict[Model, str]  # the study's models (`imbadv.study.schedule.Model`) -> models:/<name>/<version>
     todo: list[Step]  # steps that no finished run covers (an evaluation is checked again once pinned)
     outcome: StudyOutcome
 

@@ -2,28 +2,36 @@
 
 Trainings go first, longest first: balanced and under-sampled sets hold about 46,000-50,000 images,
 over-sampled ones 14,000 (section 3.1: class c keeps 5,000, the other nine 1,000 each), so the short
-trainings fill the workers at the end. Each evaluation runs as soon as the models it needs are
-trained (its target and, for a black-box attack, the balanced source), so evaluations fill the
-workers that the last trainings leave idle, and a failed training stops only the evaluations that
-need its model.
+trainings fill the workers at the end (a sweep's step and long-tail profiles go between). Each
+evaluation runs as soon as the models it needs are trained (its target and, for a black-box attack,
+the balanced source), so evaluations fill the workers that the last trainings leave idle, and a
+failed training stops only the evaluations that need its model.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from imbadv.config import model_label
+from imbadv.config import PAPER_RATIO, RATIO_SAMPLINGS, model_label
 
 if TYPE_CHECKING:
     from imbadv.study.plan import Step
 
-_TRAINING_ORDER = {"balanced": 0, "under": 1, "over": 2}  # largest training set first
-Model = tuple[int, str, "int | None"]  # (seed, sampling, class_id): one model of the study
+_TRAINING_ORDER = {"balanced": 0, "natural": 0, "under": 1, "step": 2, "longtail": 3, "over": 4}  # largest first
+Model = tuple[int, str, "int | None", "float | None"]  # (seed, sampling, class_id, ratio): one model of the study
 
 
 def model_of(options: dict[str, Any]) -> Model:
-    """The model a training makes, or an evaluation attacks: (seed, sampling, class_id)."""
-    return options["seed"], options["sampling"], options.get("class_id")
+    """The model a training makes, or an evaluation attacks: (seed, sampling, class_id, ratio), the ratio
+    the paper's where a profile takes one and the options name none."""
+    sampling = options["sampling"]
+    ratio = (options.get("ratio") or PAPER_RATIO) if sampling in RATIO_SAMPLINGS else None
+    return options["seed"], sampling, options.get("class_id"), ratio
+
+
+def balanced_model(seed: int) -> Model:
+    """The balanced model of a seed: every black-box attack's source (section 3.2)."""
+    return seed, "balanced", None, None
 
 
 def models_needed(step: Step) -> set[Model]:
@@ -33,7 +41,7 @@ def models_needed(step: Step) -> set[Model]:
         return set()
     needed = {model_of(options)}
     if options["source"] == "balanced":
-        needed.add((options["seed"], "balanced", None))
+        needed.add(balanced_model(options["seed"]))
     return needed
 
 
@@ -74,10 +82,10 @@ class Schedule:
         return taken
 
     def take_trainings_like(self, step: Step, limit: int) -> list[Step]:
-        """Up to `limit` waiting trainings of the same sampling as `step` (equally many images, so they can
-        train side by side); they leave the schedule."""
-        sampling = dict(step.options)["sampling"]
-        taken = [s for s in self._waiting if s.entry == "train" and dict(s.options)["sampling"] == sampling][:limit]
+        """Up to `limit` waiting trainings of the same sampling and ratio as `step` (equally many images, so
+        they can train side by side); they leave the schedule."""
+        kind = model_of(dict(step.options))[1::2]  # (sampling, ratio)
+        taken = [s for s in self._waiting if s.entry == "train" and model_of(dict(s.options))[1::2] == kind][:limit]
         self._waiting = [s for s in self._waiting if s not in taken]
         return taken
 
@@ -98,7 +106,7 @@ class Schedule:
             lost = self._needs[step.key] - self._trained - self._training
             if lost:
                 reasons = sorted(f"{self._failed[m]} failed" if m in self._failed else
-                                 f"model {model_label(m[1], m[2])} s{m[0]} is not trained"
+                                 f"model {model_label(m[1], m[2], m[3])} s{m[0]} is not trained"
                                  for m in lost)
                 blocked.append((step, "not run: " + "; ".join(reasons)))
             else:

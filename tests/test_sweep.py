@@ -1,0 +1,61 @@
+"""The sweep's grid (`imbadv sweep`): each class at each ratio and long-tailed models, on the study's engine."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from imbadv.config import PAPER_RATIO, ConfigError
+from imbadv.study.config import StudyConfig, SweepConfig
+from imbadv.study.plan import plan
+from imbadv.study.schedule import Schedule, model_of
+from imbadv.tracking.provenance import CODE_PARTS
+
+COMMIT = dict.fromkeys(CODE_PARTS, "commit")
+
+
+def _trainings(steps) -> list[dict]:
+    return [dict(s.options) for s in steps if s.entry == "train"]
+
+
+def test_the_sweep_plans_each_class_at_each_ratio_and_each_long_tail_once_per_seed():
+    config = SweepConfig(preset="smoke", classes="cat,automobile", ratios="1,2,5,20", longtail="10,100", seeds=2)
+    steps = plan(config, 10, "d", COMMIT)
+    trainings = _trainings(steps)
+    # per seed: the balanced model (ratio 1), 2 classes x 3 ratios x under/over, 2 long-tailed
+    assert len(trainings) == 2 * (1 + 2 * 3 * 2 + 2)
+    assert Counter(model_of(t)[1] for t in trainings) == {"balanced": 2, "under": 12, "over": 12, "longtail": 4}
+    assert {model_of(t)[3] for t in trainings if t["sampling"] == "under"} == {2.0, 5.0, 20.0}
+    evaluations = [dict(s.options) for s in steps if s.entry == "evaluate"]
+    assert len(evaluations) == 2 * (1 + 2 * (12 + 2))  # each non-balanced model white- and black-box
+    longtail = [e for e in evaluations if e["sampling"] == "longtail"]
+    assert all("attack_classes" not in e for e in longtail)  # every class is read
+    assert len({s.key for s in steps}) == len(steps)
+
+
+def test_a_sweeps_paper_ratio_steps_are_the_studys_own(tmp_path):
+    study = plan(StudyConfig(preset="smoke", classes="3", attacks="fgsm,pgd"), 10, "d", COMMIT)
+    sweep = plan(SweepConfig(preset="smoke", classes="3", attacks="fgsm,pgd"), 10, "d", COMMIT)
+    assert {s.key for s in study} < {s.key for s in sweep}
+    assert SweepConfig().ratio_values == (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+    assert SweepConfig().longtail_values == (10.0, 100.0)
+    assert StudyConfig().ratio_values == (PAPER_RATIO,) and StudyConfig().longtail_values == ()
+    assert SweepConfig().kind == "sweep" and StudyConfig().kind == "study"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"ratios": "0.5"}, "ratios '0.5' are not comma-separated ratios 1 or more"),
+    ({"ratios": "2,x"}, "--ratios 1,5,20"), ({"longtail": "1"}, "ratios above 1")])
+def test_bad_sweep_ratios_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        SweepConfig(**options)
+
+
+def test_only_trainings_of_one_profile_and_ratio_train_side_by_side():
+    steps = plan(SweepConfig(preset="smoke", classes="3,5", ratios="5,20", longtail=""), 10, "d", COMMIT)
+    schedule = Schedule(steps, trained=set())
+    first_under = next(s for s in steps if s.entry == "train" and dict(s.options)["sampling"] == "under")
+    group = [first_under, *schedule.take_trainings_like(first_under, 10)]
+    assert {model_of(dict(s.options))[1::2] for s in group} == {("under", 5.0)}
+    assert len(group) == 3  # classes 3 and 5 (the first is taken again), at ratio 5 only
