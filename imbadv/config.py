@@ -24,6 +24,8 @@ AttackLoss = Literal["logits", "keras"]
 AutoAttackVersion = Literal["standard", "fast"]
 Stopping = Literal["train-loss", "val-loss"]
 Augment = Literal["none", "keras", "crop"]
+Loss = Literal["ce", "cb", "la", "bs"]
+Resample = Literal["none", "oversample"]
 
 
 # The largest share of test images on which onnxruntime may disagree with PyTorch before an ONNX
@@ -61,13 +63,15 @@ CLASS_SAMPLINGS = ("under", "over")  # the profiles that single out one class (-
 RATIO_SAMPLINGS = ("under", "over", "longtail", "step")  # the profiles that take --ratio
 
 
-def model_label(sampling: str, class_id: int | None, ratio: float | None = None) -> str:
+def model_label(sampling: str, class_id: int | None, ratio: float | None = None, loss: str = "ce",
+                resample: str = "none") -> str:
     """The model in run names, registry names and messages: `balanced`, `natural`, `under-c<k>` and
-    `over-c<k>` at the paper's ratio, `under-c<k>-r<R>` at another, `longtail-r<R>`, `step-r<R>`."""
+    `over-c<k>` at the paper's ratio, `under-c<k>-r<R>` at another, `longtail-r<R>`, `step-r<R>`; a
+    remedy for imbalance adds its name (`under-c3-cb`, `longtail-r100-oversample`)."""
     label = sampling if class_id is None else f"{sampling}-c{class_id}"
     if sampling in RATIO_SAMPLINGS and (sampling not in CLASS_SAMPLINGS or ratio not in (None, PAPER_RATIO)):
         label += f"-r{PAPER_RATIO if ratio is None else ratio:g}"
-    return label
+    return label + ("" if loss == "ce" else f"-{loss}") + ("" if resample == "none" else f"-{resample}")
 
 
 def first_line(error: BaseException) -> str:
@@ -114,6 +118,13 @@ class ModelSelection:
     ratio: float | None = field(default=None, metadata=_help(
         "Imbalance ratio of under, over, longtail and step: the largest class's count over the smallest's "
         "(default: section 3.1's 5, a class of 5,000 cut to 1,000); balanced and natural take none."))
+    loss: Loss = field(default="ce", metadata=_help(
+        "Training loss: 'ce' (cross-entropy, the paper's), or a remedy for imbalance (not in the paper): 'cb' "
+        "(class-balanced weights, Cui et al. 2019; --cb-beta), 'la' (logit-adjusted, Menon et al. 2021; --la-tau) "
+        "or 'bs' (Balanced Softmax, Ren et al. 2020)."))
+    resample: Resample = field(default="none", metadata=_help(
+        "'none' (the paper's), or 'oversample': each epoch every class drawn up to the largest class's count, "
+        "with replacement (a remedy, not in the paper; not the paper's 'over' sampling, which cuts the others)."))
     preset: str = field(default="paper", metadata=_help(
         "Named set of config values: 'paper' (the paper's, fp32), 'paper-fast' (paper plus a GPU's "
         "fast paths), 'paper-group' (paper-fast without torch.compile, for training groups), 'paper-aug' "
@@ -205,6 +216,11 @@ class TrainConfig(ModelSelection):
         "Compile the training forward and backward with torch.compile (faster on GPUs after a compile "
         "of about a minute; fp32 results equal up to rounding)."))
     eval_batch_size: int = field(default=INFERENCE_BATCH, metadata=_help("Batch for validation and test inference."))
+    cb_beta: float = field(default=0.9999, metadata=_help(
+        "--loss cb's beta: the effective number of n samples is (1 - beta^n) / (1 - beta) (Cui et al. 2019: "
+        "0.9999 on CIFAR-10-LT)."))
+    la_tau: float = field(default=1.0, metadata=_help(
+        "--loss la's temperature tau on log(prior) (Menon et al. 2021: 1)."))
     shared_init: bool = field(default=False, metadata=_help(
         "Initialise and shuffle with --seed itself, so that the 21 models of a seed start from the same weights; "
         "by default each model has its own seed, derived from (seed, sampling, class), "
@@ -223,6 +239,10 @@ class TrainConfig(ModelSelection):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} {getattr(self, name)} is outside [0, 1): pass e.g. "
                                   f"--{name.replace('_', '-')} 0.5")
+        if not 0.0 < self.cb_beta < 1.0:
+            raise ConfigError(f"cb beta {self.cb_beta} is outside (0, 1): pass e.g. --cb-beta 0.9999")
+        if self.la_tau <= 0:
+            raise ConfigError(f"la tau {self.la_tau} is not positive: pass e.g. --la-tau 1.0")
         if self.lr <= 0 or self.decay < 0:
             raise ConfigError("lr must be > 0 and decay >= 0: pass e.g. --lr 1e-4 --decay 1e-5")
 
@@ -235,6 +255,8 @@ class TrainConfig(ModelSelection):
         text = f"imbadv-init:{self.seed}:{self.sampling}:{'' if self.class_id is None else self.class_id}"
         if self.ratio not in (None, PAPER_RATIO) or self.sampling not in ("balanced", *CLASS_SAMPLINGS):
             text += f":{self.ratio}"  # the paper's models keep the seeds they always had
+        if self.loss != "ce" or self.resample != "none":
+            text += f":{self.loss}:{self.resample}"
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1  # 31 bits
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import mlflow
@@ -256,3 +257,24 @@ def test_nan_loss_stops_training_with_a_failed_run_and_nothing_registered(store,
     (run,) = client.search_runs(["1"])
     assert run.info.status == "FAILED" and "training loss became nan" in run.data.tags[names.TAG_ERROR]
     assert client.search_registered_models() == []
+
+
+@pytest.mark.slow
+def test_a_profile_and_a_remedy_register_under_their_own_names_and_are_attacked_by_them(store, small_data,
+                                                                                        session_cache):
+    balanced = run_train(**smoke(small_data, session_cache))
+    remedy = run_train(**smoke(small_data, session_cache, sampling="under", class_id=3, ratio=10, loss="cb"))
+    assert remedy.model_name == "imbadv-cifar10-small-under-c3-r10-cb"
+    tags = MlflowClient().get_model_version(remedy.model_name, remedy.version).tags
+    assert (tags["ratio"], tags["loss"], tags["resample"]) == ("10", "cb", "none")
+    assert tags["train_counts"] == ",".join(["90"] * 3 + ["9"] + ["90"] * 6)  # 100 and 10, a tenth held out
+    logged = json.loads(artifact_text(remedy.run_id, names.REMEDY_ARTIFACT))
+    assert logged["train_counts"][3] == 9 and len(logged["class_weights"]) == 10
+    assert logged["class_weights"][3] > logged["class_weights"][0]
+    outcome = run_evaluate(**smoke(small_data, session_cache, sampling="under", class_id=3, ratio=10, loss="cb",
+                                   source="balanced"))
+    run = MlflowClient().get_run(outcome.run_id)
+    assert run.data.tags[names.TAG_TARGET] == f"{remedy.model_name}/{remedy.version}"
+    assert run.data.tags[names.TAG_SOURCE] == f"{balanced.model_name}/{balanced.version}"  # the ce balanced model
+    with pytest.raises(ConfigError, match="takes no ratio"):
+        run_train(**smoke(small_data, session_cache, ratio=10))

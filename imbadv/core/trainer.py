@@ -26,6 +26,7 @@ from imbadv.core.group import Member, TrainingGroup
 from imbadv.core.inference import autocast, predict_logits, set_layout, to_unit
 from imbadv.core.model import VGG, VGGSpec, keras_init_
 from imbadv.core.optim import keras_rmsprop
+from imbadv.core.remedies import LossFn, epoch_order, training_loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -143,15 +144,18 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
     else:
         state = TrainState(model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
                            torch.get_rng_state())
-    if group is not None and (config.torch_compile or config.augment != "none"):
-        raise ValueError("a training group runs neither torch.compile nor augmentation: train this model alone")
+    if group is not None and (config.torch_compile or config.augment != "none" or config.loss != "ce"
+                              or config.resample != "none"):
+        raise ValueError("a training group runs neither torch.compile, augmentation nor a remedy for imbalance: "
+                         "train this model alone")
+    loss_fn = training_loss(config, torch.bincount(train_labels.cpu(), minlength=model.spec.num_classes))
     forward = torch.compile(model) if config.torch_compile else model  # shares the model's parameters
     member = Member(model, optimizer, scheduler, generator, train_images, train_labels, config)
     if group is not None:
         group.join(member)
     try:
         _epochs(model, forward, optimizer, scheduler, generator, train_images, train_labels, val_images,
-                val_labels, config, state, on_epoch, on_checkpoint, group, member)
+                val_labels, config, state, on_epoch, on_checkpoint, group, member, loss_fn)
     finally:
         if group is not None:
             group.leave(member)
@@ -167,14 +171,15 @@ def _epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], o
             scheduler: Any, generator: torch.Generator, train_images: torch.Tensor, train_labels: torch.Tensor,
             val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig, state: TrainState,
             on_epoch: Callable[[EpochMetrics], None] | None, on_checkpoint: Callable[[dict], None] | None,
-            group: TrainingGroup | None, member: Member) -> None:
-    """The epochs from `state.epochs_done` until early stopping or `config.epochs`."""
+            group: TrainingGroup | None, member: Member, loss_fn: LossFn) -> None:
+    """The epochs from `state.epochs_done` until early stopping or `config.epochs`; `loss_fn` is the
+    training loss (the validation loss stays cross-entropy on the model's own logits)."""
     for epoch in range(state.epochs_done, config.epochs):
         if state.stopped_early:
             break
         if group is None:
             train_loss, train_acc = _train_epoch(model, forward, optimizer, scheduler, generator, train_images,
-                                                 train_labels, config, epoch)
+                                                 train_labels, config, epoch, loss_fn)
         else:
             train_loss, train_acc = group.train_epoch(member)
             _check_finite(train_loss, epoch)
@@ -216,14 +221,15 @@ def _epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], o
 
 def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                  scheduler: Any, generator: torch.Generator, train_images: torch.Tensor, train_labels: torch.Tensor,
-                 config: TrainConfig, epoch: int) -> tuple[float, float]:
-    """One pass over the training set in a fresh random order; returns its mean loss and accuracy."""
+                 config: TrainConfig, epoch: int, loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
+    """One pass over the training set in a fresh random order (with `--resample oversample`, each class
+    drawn up to the largest's count); returns its mean loss and accuracy."""
     device = next(model.parameters()).device
     model.train()
-    steps = (len(train_images) + config.batch_size - 1) // config.batch_size
-    order = torch.randperm(len(train_images), generator=generator).to(device)
+    order = epoch_order(train_labels, generator, config.resample).to(device)
+    steps = (len(order) + config.batch_size - 1) // config.batch_size
     draws = (None if config.augment == "none" else
-             draw_epoch(config.augment, len(train_images), train_images.shape[-1], generator, device))
+             draw_epoch(config.augment, len(order), train_images.shape[-1], generator, device))
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
@@ -236,7 +242,7 @@ def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                                                               (step + 1) * config.batch_size)))
         with autocast(device, config.precision):
             logits = forward(images)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -244,9 +250,9 @@ def _train_epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         loss_sum += loss.detach() * len(index)
         correct += (logits.argmax(1) == labels).sum()
     bar.close()
-    train_loss = loss_sum.item() / len(train_images)
+    train_loss = loss_sum.item() / len(order)
     _check_finite(train_loss, epoch)
-    return train_loss, correct.item() / len(train_images)
+    return train_loss, correct.item() / len(order)
 
 
 def _check_finite(train_loss: float, epoch: int) -> None:

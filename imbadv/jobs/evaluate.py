@@ -59,7 +59,7 @@ def run_name(config: EvaluateConfig) -> str:
     """`eval-<whitebox|blackbox|transfer>-<model>-<attack>-<direction>-eps<eps>`: what tells runs apart first,
     since the MLflow UI cuts names short."""
     kind = {"self": "whitebox", "balanced": "blackbox"}.get(config.source, "transfer")
-    model = model_label(config.sampling, config.class_id, config.ratio)
+    model = model_label(config.sampling, config.class_id, config.ratio, config.loss, config.resample)
     return f"eval-{kind}-{model}-{config.attack}-{config.direction}-eps{config.eps:g}"
 
 
@@ -102,14 +102,15 @@ def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOu
 def _resolve_models(config: EvaluateConfig, dataset: ImageDataset, device: torch.device,
                     shared: SharedWork) -> tuple[RegisteredModel, RegisteredModel]:
     target = load_model(shared, config.target_uri or names.model_uri(config, dataset.name), device)
-    _check_is(target, config.sampling, config.class_id, dataset.name, config.ratio)
+    _check_is(target, names.selection_name(config, dataset.name))
     if target.dataset_digest != dataset.digest:
         raise RegistryError(f"{target.uri} was trained on other data than {config.data}: evaluate it on the "
                             "dataset it was trained on")
     if config.source == "self":
         return target, target
     if config.source == "balanced":
-        balanced = dataclasses.replace(config, sampling="balanced", class_id=None, ratio=None)
+        balanced = dataclasses.replace(config, sampling="balanced", class_id=None, ratio=None, loss="ce",
+                                       resample="none")
         source_uri = config.source_uri or names.model_uri(balanced, dataset.name)
     elif config.source.startswith("models:/"):
         source_uri = config.source
@@ -117,17 +118,15 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset, device: torch
         raise ConfigError(f"unknown source {config.source!r}: use self, balanced or a models:/ URI")
     source = load_model(shared, source_uri, device)
     if config.source == "balanced":
-        _check_is(source, "balanced", None, dataset.name)
+        _check_is(source, names.registered_model_name(dataset.name, "balanced", None))
     if source.dataset_digest != target.dataset_digest:
         raise RegistryError(f"source {source_uri} was trained on other data than target {target.uri}: "
                             "pick a source trained on the same dataset")
     return target, source
 
 
-def _check_is(model: RegisteredModel, sampling: str, class_id: int | None, dataset: str,
-              ratio: float | None = None) -> None:
-    """Refuse a pinned version of another model than the one the options select."""
-    expected = names.registered_model_name(dataset, sampling, class_id, ratio)
+def _check_is(model: RegisteredModel, expected: str) -> None:
+    """Refuse a pinned version of another model (registered name `expected`) than the one the options select."""
     if model.name != expected:
         raise ConfigError(f"{model.uri} is a version of {model.name}, not of {expected}: pass a version of "
                           f"{expected}, or options that select {model.name}")

@@ -27,6 +27,7 @@ from imbadv.core.group import TrainingGroup
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
 from imbadv.core.model import VGG, weights_sha256
+from imbadv.core.remedies import remedy_values
 from imbadv.core.sampling import Split, sample_split
 from imbadv.core.trainer import initial_network, train
 from imbadv.jobs.shared import SharedWork, current, load_data, onnx_check_key
@@ -44,7 +45,8 @@ class TrainOutcome:
 
 def run_name(config: TrainConfig) -> str:
     """`train-<model>-<preset>-s<seed>`, e.g. `train-over-c3-paper-s0`."""
-    return f"train-{model_label(config.sampling, config.class_id, config.ratio)}-{config.preset}-s{config.seed}"
+    model = model_label(config.sampling, config.class_id, config.ratio, config.loss, config.resample)
+    return f"train-{model}-{config.preset}-s{config.seed}"
 
 
 def run_train(resume: str | None = None, shared: SharedWork | None = None, group: TrainingGroup | None = None,
@@ -125,6 +127,9 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.dev
                               if config.val_fraction else "none"),
                 "train_counts": train_counts(dataset.train_labels, split, dataset.num_classes),
                 "init_seed": config.init_seed})
+    if config.loss != "ce" or config.resample != "none":
+        counts = torch.bincount(torch.from_numpy(dataset.train_labels[split.train]), minlength=dataset.num_classes)
+        log.text(json.dumps(remedy_values(config, counts), indent=1), names.REMEDY_ARTIFACT)
 
     network = initial_network(config, dataset.num_classes).to(device)
     log.tags({names.TAG_INIT_SHA256: weights_sha256(network)})
@@ -196,12 +201,13 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
         if 1.0 - check.agreement > MAX_ONNX_DISAGREEMENT:
             raise OnnxMismatch(f"onnxruntime agrees with PyTorch on {check.agreement:.4%} of test images, below "
                                f"{1.0 - MAX_ONNX_DISAGREEMENT:.1%}: the export is wrong; the model was not registered")
-        name = names.registered_model_name(dataset.name, config.sampling, config.class_id, config.ratio)
+        name = names.selection_name(config, dataset.name)
         alias = names.model_alias(config.preset, config.seed)
         tags = {names.VERSION_SAMPLING: config.sampling,
                 names.VERSION_CLASS_ID: "" if config.class_id is None else str(config.class_id),
                 names.VERSION_CLASS_NAME: "" if config.class_id is None else dataset.class_names[config.class_id],
                 names.VERSION_RATIO: "" if config.ratio is None else f"{config.ratio:g}",
+                names.VERSION_LOSS: config.loss, names.VERSION_RESAMPLE: config.resample,
                 names.VERSION_TRAIN_COUNTS: train_counts(
                     dataset.train_labels, sample_split(dataset.train_labels, config, dataset.num_classes),
                     dataset.num_classes),

@@ -68,6 +68,8 @@ VERSION_SAMPLING = "sampling"
 VERSION_CLASS_ID = "class_id"  # "" for the balanced model
 VERSION_CLASS_NAME = "class_name"
 VERSION_RATIO = "ratio"  # "" for balanced and natural
+VERSION_LOSS = "loss"  # ce, or a remedy's loss
+VERSION_RESAMPLE = "resample"
 VERSION_TRAIN_COUNTS = "train_counts"  # images each class trains on, comma-separated in class-id order
 VERSION_PRESET = "preset"
 VERSION_SEED = "seed"
@@ -86,16 +88,25 @@ MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "config.json"
 TRAIN_INDICES_ARTIFACT = "sampling/train_indices.csv"
 VAL_INDICES_ARTIFACT = "sampling/val_indices.csv"
+REMEDY_ARTIFACT = "sampling/remedy.json"  # a remedy's counts, priors and weights or logit offsets
 CHECKPOINT_ARTIFACT = "checkpoint/last.pt"
 CONFUSION_DIR = "confusion"
 PER_CLASS_ARTIFACT = "per_class.csv"
 GRID_ARTIFACT = "examples/adversarial_grid.png"
 
 
-def registered_model_name(dataset: str, sampling: str, class_id: int | None, ratio: float | None = None) -> str:
+def registered_model_name(dataset: str, sampling: str, class_id: int | None, ratio: float | None = None,
+                          loss: str = "ce", resample: str = "none") -> str:
     """`imbadv-<dataset>-<model label>`: `imbadv-cifar10-balanced`, `imbadv-cifar10-under-c3` (the paper's
-    ratio), `imbadv-cifar10-under-c3-r20`, `imbadv-cifar10-longtail-r100` (`imbadv.config.model_label`)."""
-    return f"imbadv-{dataset}-{model_label(sampling, class_id, ratio)}"
+    ratio), `imbadv-cifar10-under-c3-r20`, `imbadv-cifar10-longtail-r100`, `imbadv-cifar10-under-c3-cb`
+    (`imbadv.config.model_label`)."""
+    return f"imbadv-{dataset}-{model_label(sampling, class_id, ratio, loss, resample)}"
+
+
+def selection_name(selection: ModelSelection, dataset: str) -> str:
+    """The registered name of the model a selection (a train or evaluate config) names."""
+    return registered_model_name(dataset, selection.sampling, selection.class_id, selection.ratio, selection.loss,
+                                 selection.resample)
 
 
 def model_alias(preset: str, seed: int) -> str:
@@ -105,5 +116,5 @@ def model_alias(preset: str, seed: int) -> str:
 
 def model_uri(selection: ModelSelection, dataset: str) -> str:
     """`models:/<name>@<preset>-s<seed>` of the model a selection names."""
-    name = registered_model_name(dataset, selection.sampling, selection.class_id, selection.ratio)
+    name = selection_name(selection, dataset)
     return f"models:/{name}@{model_alias(selection.preset, selection.seed)}"
