@@ -14,6 +14,7 @@ from imbadv.config import ConfigError, resolve_evaluate_config
 from imbadv.study.config import StudyConfig
 from imbadv.study.plan import plan
 from imbadv.study.reuse import pin_models
+from imbadv.study.schedule import Model
 from imbadv.tracking import names
 from imbadv.tracking.results import Evaluation, MixedVersions, check_one_version_per_model
 from imbadv.tracking.provenance import CODE_PARTS
@@ -29,12 +30,13 @@ def test_pinned_versions_are_part_of_an_evaluations_options_and_key():
              if s.entry == "evaluate"]
     blackbox = next(s for s in steps if dict(s.options)["source"] == "balanced")
     whitebox = next(s for s in steps if dict(s.options)["source"] == "self" and dict(s.options)["sampling"] == "under")
-    versions = {(0, "balanced", None, None): "models:/m-balanced/1", (0, "under", 3, 5.0): "models:/m-under-c3/1"}
+    versions = {Model(0, "balanced", None, None): "models:/m-balanced/1",
+                Model(0, "under", 3, 5.0): "models:/m-under-c3/1"}
     pinned = pin_models(blackbox, versions, "digest", "code")
     assert dict(pinned.options)["target_uri"] == "models:/m-under-c3/1"
     assert dict(pinned.options)["source_uri"] == "models:/m-balanced/1"
     assert "source_uri" not in dict(pin_models(whitebox, versions, "digest", "code").options)
-    retrained = pin_models(blackbox, {**versions, (0, "balanced", None, None): "models:/m-balanced/2"}, "digest",
+    retrained = pin_models(blackbox, {**versions, Model(0, "balanced", None, None): "models:/m-balanced/2"}, "digest",
                            "code")
     assert len({blackbox.key, pinned.key, retrained.key}) == 3  # a retrained source is attacked afresh
     assert pin_models(blackbox, versions, "digest", "code") == pinned  # and the same versions reuse

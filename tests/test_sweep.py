@@ -57,5 +57,35 @@ def test_only_trainings_of_one_profile_and_ratio_train_side_by_side():
     schedule = Schedule(steps, trained=set())
     first_under = next(s for s in steps if s.entry == "train" and dict(s.options)["sampling"] == "under")
     group = [first_under, *schedule.take_trainings_like(first_under, 10)]
-    assert {model_of(dict(s.options))[1::2] for s in group} == {("under", 5.0)}
+    assert {model_of(dict(s.options)).group_kind for s in group} == {("under", 5.0, "ce", "none")}
     assert len(group) == 3  # classes 3 and 5 (the first is taken again), at ratio 5 only
+
+
+def test_each_imbalanced_model_is_trained_under_each_remedy_and_the_balanced_one_plainly():
+    config = SweepConfig(preset="smoke", classes="3", ratios="1,5", longtail="100", losses="ce,cb",
+                         resample="none,oversample")
+    trainings = [model_of(dict(s.options)) for s in plan(config, 10, "d", COMMIT) if s.entry == "train"]
+    assert len(trainings) == 1 + (2 + 1) * 4  # the balanced model; under, over and long-tail under 4 remedies
+    assert {(m.loss, m.resample) for m in trainings if m.sampling == "balanced"} == {("ce", "none")}
+    assert Counter((m.loss, m.resample) for m in trainings if m.sampling != "balanced") == {
+        ("ce", "none"): 3, ("cb", "none"): 3, ("ce", "oversample"): 3, ("cb", "oversample"): 3}
+    plain = plan(SweepConfig(preset="smoke", classes="3", ratios="1,5", longtail="100"), 10, "d", COMMIT)
+    assert {s.key for s in plain} < {s.key for s in plan(config, 10, "d", COMMIT)}  # plain models: the same steps
+
+
+def test_a_remedy_trains_alone_even_where_groups_are_asked_for():
+    steps = plan(SweepConfig(preset="smoke", classes="3,5", ratios="5", longtail="", losses="ce,la"), 10, "d",
+                 COMMIT)
+    schedule = Schedule(steps, trained=set())
+    la = next(s for s in steps if s.entry == "train" and dict(s.options).get("loss") == "la")
+    assert schedule.take_trainings_like(la, 10) == []
+    plain = next(s for s in steps if s.entry == "train" and dict(s.options)["sampling"] == "under")
+    assert all("loss" not in dict(s.options) for s in schedule.take_trainings_like(plain, 10))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"losses": "ce,focal"}, "--losses 'ce,focal' is not a comma-separated list of ce, cb, la, bs"),
+    ({"resample": "smote"}, "--resample 'smote'")])
+def test_bad_remedy_grids_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        SweepConfig(**options)

@@ -59,13 +59,14 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
     for path, values in loaded:
         for item in values["evaluations"]:
             evaluation = _evaluation(item, path)
-            if evaluation.key in origin:
-                model = model_label(evaluation.sampling, evaluation.class_id, evaluation.ratio)
+            if evaluation.identity in origin:
+                model = model_label(evaluation.sampling, evaluation.class_id, evaluation.ratio, evaluation.loss,
+                                    evaluation.resample)
                 raise ResultsFileError(f"seed {evaluation.seed}'s {model} "
                                        f"{evaluation.source} {evaluation.attack} evaluation at eps {evaluation.eps:g} "
-                                       f"is in both {origin[evaluation.key]} and {path}: combine files of "
+                                       f"is in both {origin[evaluation.identity]} and {path}: combine files of "
                                        "different seeds")
-            origin[evaluation.key] = path
+            origin[evaluation.identity] = path
             evaluations.append(evaluation)
     check_one_version_per_model(evaluations)  # per seed, so models of separate stores never meet
     study_run_id = first["study_run_id"] if len(loaded) == 1 else None
@@ -76,8 +77,8 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
 
 def _order(evaluation: Evaluation) -> tuple:
     """A sort key of `Evaluation.cell`: the balanced model's cells (class None) first."""
-    attack, seed, eps, sampling, class_id, source, ratio = evaluation.key
-    return (attack, seed, eps, sampling, -1 if class_id is None else class_id, source, ratio or 0.0)
+    attack, seed, eps, sampling, class_id, source, ratio, loss, resample = evaluation.identity
+    return (attack, seed, eps, sampling, -1 if class_id is None else class_id, source, ratio or 0.0, loss, resample)
 
 
 def _evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def _evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
             "sampling": evaluation.sampling, "class_id": evaluation.class_id, "source": evaluation.source,
             "target_version": evaluation.target_version, "source_version": evaluation.source_version,
             "attack": evaluation.attack, "attack_params": evaluation.attack_params, "ratio": evaluation.ratio,
-            "metrics": evaluation.metrics,
+            "loss": evaluation.loss, "resample": evaluation.resample, "metrics": evaluation.metrics,
             "confusion": {kind: matrix.astype(int).tolist() for kind, matrix in evaluation.confusion.items()}}
 
 
@@ -126,7 +127,8 @@ def _evaluation(item: dict[str, Any], path: Path) -> Evaluation:
                           source_version=str(item.get("source_version", "")),
                           attack=str(item.get("attack", PAPER_ATTACK)),
                           attack_params=str(item.get("attack_params", "")),
-                          ratio=_ratio(item))
+                          ratio=_ratio(item), loss=str(item.get("loss", "ce")),
+                          resample=str(item.get("resample", "none")))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ResultsFileError(f"{path} holds an evaluation it cannot describe ({type(error).__name__}: {error}): "
                                "write it again with `imbadv report`") from None

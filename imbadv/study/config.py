@@ -11,9 +11,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from imbadv.config import (PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName, ConfigError, ModelSelection,
-                           TrainConfig, check_choices, check_preset, default_cache_dir, parse_class_id,
-                           resolve_train_config)
+from imbadv.config import (PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName, ConfigError, Loss,
+                           ModelSelection, Resample, TrainConfig, check_choices, check_preset, default_cache_dir,
+                           parse_class_id, resolve_train_config)
 
 PAPER_ATTACK = AttackConfig.attack  # section 3.2: FGSM
 ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the attacks that take --steps and --step-size
@@ -45,6 +45,12 @@ class StudyConfig:
     longtail: str = field(default="", metadata={"help": (
         "Ratios of long-tailed models (class i keeps majority * ratio^(-i/(classes-1)), Cui et al. 2019), "
         "comma-separated, one model per seed each; empty: none.")})
+    losses: str = field(default="ce", metadata={"help": (
+        "Training losses of the imbalanced models, comma-separated, as train's --loss: ce (the paper's), cb, la, "
+        "bs; each a model of its own. The balanced model (every black-box source) trains with ce.")})
+    resample: str = field(default="none", metadata={"help": (
+        "Resamplings of the imbalanced models, comma-separated, as train's --resample: none, oversample; "
+        "each loss is trained under each.")})
     jobs: int = field(default=1, metadata={"help": (
         "With --executor local: steps run at once on this machine, each in its own process with an equal share "
         "of the cores.")})
@@ -125,7 +131,7 @@ class StudyConfig:
                 raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
         if self.images_per_class < 0:
             raise ConfigError(f"images per class {self.images_per_class} is negative: pass 0 (all) or more")
-        _ = self.ratio_values, self.longtail_values
+        _ = self.ratio_values, self.longtail_values, self.loss_values, self.resample_values
         for attack in self.attack_values:
             AttackConfig(**self.attack_options(attack, self.eps_values[0] if self.eps_values else AttackConfig.eps))
 
@@ -175,6 +181,14 @@ class StudyConfig:
         return _ratios(self.longtail, "longtail", minimum=None)
 
     @property
+    def loss_values(self) -> tuple[str, ...]:
+        return _choices(self.losses, "losses", Loss)
+
+    @property
+    def resample_values(self) -> tuple[str, ...]:
+        return _choices(self.resample, "resample", Resample)
+
+    @property
     def training_overrides(self) -> dict[str, Any]:
         """`train_options` as typed TrainConfig values: {} when empty."""
         return parse_train_options(self.train_options)
@@ -212,6 +226,15 @@ class StudyConfig:
     def identity(self) -> dict[str, Any]:
         """What the study computes (logged as params, hashed into its key); not how it runs (`RUN_OPTIONS`)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_OPTIONS}
+
+
+def _choices(text: str, name: str, kind: Any) -> tuple[str, ...]:
+    """Comma-separated values of a Literal type, each once, in the order given."""
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not values or any(v not in get_args(kind) for v in values):
+        raise ConfigError(f"--{name} {text!r} is not a comma-separated list of {', '.join(get_args(kind))}: pass "
+                          f"e.g. --{name} {','.join(get_args(kind)[:2])}")
+    return values
 
 
 def _ratios(text: str, name: str, minimum: float | None) -> tuple[float, ...]:
@@ -276,7 +299,8 @@ def groupable(preset: str) -> bool:
 
 
 # What a study sets itself for each training, so --train-options may not.
-STUDY_TRAINING_FIELDS = ("sampling", "class_id", "seed", "preset", "data", "cache_dir", "device", "shared_init")
+STUDY_TRAINING_FIELDS = ("sampling", "class_id", "ratio", "loss", "resample", "seed", "preset", "data", "cache_dir",
+                         "device", "shared_init")
 
 
 def parse_train_options(text: str) -> dict[str, Any]:

@@ -29,7 +29,8 @@ class Step:
     @property
     def label(self) -> str:
         o = dict(self.options)
-        model = model_label(o["sampling"], o.get("class_id"), o.get("ratio"))
+        model = model_label(o["sampling"], o.get("class_id"), o.get("ratio"), o.get("loss", "ce"),
+                            o.get("resample", "none"))
         if self.entry == "train":
             return f"train {model} s{o['seed']}"
         return f"evaluate {model} s{o['seed']} {o['attack']} source={o['source']} eps={o['eps']:g}"
@@ -48,15 +49,18 @@ def _ratio(value: float) -> dict[str, float]:
 
 
 def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str]) -> list[Step]:
-    """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, per seed),
-    then evaluations (per attack, seed and eps); `code_versions`: by entry point (train, evaluate), the
-    version of the code that decides its steps' results."""
+    """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, each under
+    each remedy of `losses` x `resample`, per seed), then evaluations (per attack, seed and eps);
+    `code_versions`: by entry point (train, evaluate), the version of the code that decides its steps'
+    results."""
     classes = config.class_ids(num_classes)
     base = {"preset": config.preset, "data": config.data}
     training = {**base, **config.training_overrides, **({"shared_init": True} if config.shared_init else {})}
-    class_models = [(sampling, c, _ratio(r)) for c in classes for r in config.ratio_values if r != 1.0
-                    for sampling in ("under", "over")]
-    profiles = [("longtail", None, {"ratio": r}) for r in config.longtail_values]
+    remedies = [{**({"loss": loss} if loss != "ce" else {}), **({"resample": res} if res != "none" else {})}
+                for loss in config.loss_values for res in config.resample_values]
+    class_models = [(sampling, c, {**_ratio(r), **remedy}) for c in classes for r in config.ratio_values if r != 1.0
+                    for sampling in ("under", "over") for remedy in remedies]
+    profiles = [("longtail", None, {"ratio": r, **remedy}) for r in config.longtail_values for remedy in remedies]
     specs: list[tuple[str, dict[str, Any]]] = []
     for seed in config.seed_values:
         specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))

@@ -10,7 +10,7 @@ failed training stops only the evaluations that need its model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from imbadv.config import PAPER_RATIO, RATIO_SAMPLINGS, model_label
 
@@ -18,20 +18,37 @@ if TYPE_CHECKING:
     from imbadv.study.plan import Step
 
 _TRAINING_ORDER = {"balanced": 0, "natural": 0, "under": 1, "step": 2, "longtail": 3, "over": 4}  # largest first
-Model = tuple[int, str, "int | None", "float | None"]  # (seed, sampling, class_id, ratio): one model of the study
+class Model(NamedTuple):
+    """One model of a study: its seed, training profile and remedy."""
+
+    seed: int
+    sampling: str
+    class_id: int | None
+    ratio: float | None  # the paper's where a profile takes one and the options name none
+    loss: str = "ce"
+    resample: str = "none"
+
+    @property
+    def label(self) -> str:
+        return f"{model_label(self.sampling, self.class_id, self.ratio, self.loss, self.resample)} s{self.seed}"
+
+    @property
+    def group_kind(self) -> tuple[str, float | None, str, str]:
+        """What trainings side by side share: equally many images, and one loss and resampling."""
+        return self.sampling, self.ratio, self.loss, self.resample
 
 
 def model_of(options: dict[str, Any]) -> Model:
-    """The model a training makes, or an evaluation attacks: (seed, sampling, class_id, ratio), the ratio
-    the paper's where a profile takes one and the options name none."""
+    """The model a training makes, or an evaluation attacks."""
     sampling = options["sampling"]
     ratio = (options.get("ratio") or PAPER_RATIO) if sampling in RATIO_SAMPLINGS else None
-    return options["seed"], sampling, options.get("class_id"), ratio
+    return Model(options["seed"], sampling, options.get("class_id"), ratio, options.get("loss", "ce"),
+                 options.get("resample", "none"))
 
 
 def balanced_model(seed: int) -> Model:
-    """The balanced model of a seed: every black-box attack's source (section 3.2)."""
-    return seed, "balanced", None, None
+    """The plain balanced model of a seed: every black-box attack's source (section 3.2)."""
+    return Model(seed, "balanced", None, None)
 
 
 def models_needed(step: Step) -> set[Model]:
@@ -84,8 +101,11 @@ class Schedule:
     def take_trainings_like(self, step: Step, limit: int) -> list[Step]:
         """Up to `limit` waiting trainings of the same sampling and ratio as `step` (equally many images, so
         they can train side by side); they leave the schedule."""
-        kind = model_of(dict(step.options))[1::2]  # (sampling, ratio)
-        taken = [s for s in self._waiting if s.entry == "train" and model_of(dict(s.options))[1::2] == kind][:limit]
+        kind = model_of(dict(step.options)).group_kind
+        if kind[2:] != ("ce", "none"):
+            return []  # a remedy trains alone (`imbadv.core.trainer.train`)
+        taken = [s for s in self._waiting if s.entry == "train" and model_of(dict(s.options)).group_kind == kind]
+        taken = taken[:limit]
         self._waiting = [s for s in self._waiting if s not in taken]
         return taken
 
@@ -106,7 +126,7 @@ class Schedule:
             lost = self._needs[step.key] - self._trained - self._training
             if lost:
                 reasons = sorted(f"{self._failed[m]} failed" if m in self._failed else
-                                 f"model {model_label(m[1], m[2], m[3])} s{m[0]} is not trained"
+                                 f"model {m.label} is not trained"
                                  for m in lost)
                 blocked.append((step, "not run: " + "; ".join(reasons)))
             else:

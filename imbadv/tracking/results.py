@@ -43,6 +43,8 @@ class Evaluation:
     attack: str = PAPER_ATTACK
     attack_params: str = ""  # the attack's settings beyond eps, e.g. "steps=20 step_size=0.0025 restarts=1"
     ratio: float | None = None  # the target's imbalance ratio (under, over, longtail, step), None for balanced
+    loss: str = "ce"  # the target's training loss: ce, or a remedy's (cb, la, bs)
+    resample: str = "none"  # the target's resampling: none, or oversample
 
     def __post_init__(self) -> None:
         if self.sampling in RATIO_SAMPLINGS and self.ratio is None:
@@ -51,6 +53,8 @@ class Evaluation:
     @property
     def is_paper_model(self) -> bool:
         """Whether the target is one of the paper's 21 models: balanced, or under/over at ratio 5."""
+        if self.loss != "ce" or self.resample != "none":
+            return False
         return self.sampling == "balanced" or (self.sampling in CLASS_SAMPLINGS and self.ratio == PAPER_RATIO)
 
     def per_class(self, name: str, k: int) -> float:
@@ -63,8 +67,13 @@ class Evaluation:
 
     @property
     def key(self) -> tuple[str, int, float, str, int | None, str, float | None]:
-        """The attack, the cell and the ratio: what one study's (or sweep's) evaluations hold once."""
+        """The attack, the cell and the ratio: a plain (remedy-free) model's evaluation."""
         return (self.attack, *self.cell, self.ratio)
+
+    @property
+    def identity(self) -> tuple[str, int, float, str, int | None, str, float | None, str, str]:
+        """`key` and the target's remedy: what one study's (or sweep's) evaluations hold once."""
+        return (*self.key, self.loss, self.resample)
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ def _evaluation(run: Run, attack_loss: str = "logits", images_per_class: int = 0
     sampling = p[P + "sampling"]
     ratio = float(p.get(P + "ratio") or PAPER_RATIO) if sampling in RATIO_SAMPLINGS else None  # none before ratios
     return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]), ratio=ratio,
+                      loss=p.get(P + "loss", "ce"), resample=p.get(P + "resample", "none"),
                       sampling=sampling, class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
                       source=source, metrics=dict(run.data.metrics),
                       target_version=run.data.tags.get(names.TAG_TARGET, ""),
@@ -139,7 +149,7 @@ def load_results(dataset: str, preset: str, with_confusions: bool = True, attack
         evaluation = _evaluation(run, attack_loss, images_per_class)
         if evaluation is None or (paper_models and not evaluation.is_paper_model):
             continue
-        newest.setdefault(evaluation.key, evaluation)  # runs come newest first
+        newest.setdefault(evaluation.identity, evaluation)  # runs come newest first
     evaluations = list(newest.values())
     check_one_version_per_model(evaluations)
     class_names: tuple[str, ...] = ()
