@@ -151,11 +151,17 @@ def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noq
            results: Optional[list[str]] = typer.Option(None, "--results", metavar="FILE", show_default=False, help=(  # noqa: UP045, B008 (typer)
                "Report the results.json files of earlier reports instead of this tracking store, their seeds "
                "combined: repeat it or separate paths by commas (e.g. seeds run in separate stores with "
-               "reproduce's --first-seed)."))) -> None:
+               "reproduce's --first-seed).")),
+           sweep: bool = typer.Option(False, "--sweep", show_default=False, help=(
+               "Write the sweep's report instead of Table 1 (each class over the imbalance ratio, the long-tailed "
+               "models; `imbadv sweep`'s runs) to <dataset>-<preset>-sweep/."))) -> None:
     """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
     from imbadv.report.output import run_report, run_report_from_files
 
     with _one_line_errors():
+        if sweep and results:
+            raise ConfigError("--sweep cannot be combined with --results: the sweep's report reads each model's "
+                              "training counts from the tracking store's registry; pass --preset and --data")
         if results:
             given = {"--preset": preset, "--data": data, "--attack-loss": attack_loss,
                      "--images-per-class": images_per_class}
@@ -168,6 +174,12 @@ def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noq
         from imbadv.tracking import store
 
         store.prepare()
+        if sweep:
+            from imbadv.report.sweep_output import run_sweep_report
+
+            run_sweep_report(preset or SweepConfig.preset, data or SweepConfig.data, output_dir,
+                             attack_loss or SweepConfig.attack_loss, images_per_class or 0)
+            return
         run_report(preset or StudyConfig.preset, data or StudyConfig.data, output_dir,
                    attack_loss or StudyConfig.attack_loss, images_per_class or 0)
 
