@@ -268,7 +268,7 @@ def run_sweep_report(preset: str, data: str, output_dir: str, attack_loss: str =
     if images_per_class < 0:
         raise ConfigError(f"images per class {images_per_class} is negative: pass 0 (all) or more")
     results = load_results(dataset, preset, with_confusions=False, attack_loss=attack_loss,
-                           images_per_class=images_per_class, paper_models=False)
+                           images_per_class=images_per_class, paper_models=False).plain_models()
     option = ("" if attack_loss == "logits" else f" --attack-loss {attack_loss}") + \
         (f" --images-per-class {images_per_class}" if images_per_class else "")
     if all(e.is_paper_model for e in results.evaluations):

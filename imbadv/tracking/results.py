@@ -103,6 +103,11 @@ class StudyResults:
         """These results with only the evaluations of the paper's 21 models: one Table 1's worth."""
         return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.is_paper_model])
 
+    def plain_models(self) -> StudyResults:
+        """These results without the models trained with a remedy for imbalance (`--losses`, `--resample`)."""
+        return dataclasses.replace(self, evaluations=[e for e in self.evaluations
+                                                      if e.loss == "ce" and e.resample == "none"])
+
     def of_attack(self, attack: str) -> StudyResults:
         """These results with only `attack`'s evaluations: one Table 1's worth."""
         return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.attack == attack])
