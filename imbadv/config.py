@@ -364,6 +364,9 @@ class EvaluateConfig(ModelSelection, AttackConfig):
             if value is not None and not value.startswith("models:/"):
                 raise ConfigError(f"{name.replace('_', '-')} {value!r} is not a registry URI: pass "
                                   "models:/<name>/<version>")
+        if self.attack == "autoattack" and self.source != "self":
+            raise ConfigError("autoattack needs the target's own gradients (white-box only): drop --source "
+                              f"{self.source}, or use --attack pgd or mifgsm for a black-box attack")
         if self.source_uri is not None and self.source != "balanced":
             raise ConfigError("--source-uri pins the balanced source: use it with --source balanced")
 

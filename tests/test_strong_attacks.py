@@ -295,6 +295,14 @@ def test_bad_attack_settings_are_one_line_config_errors(values, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("source", ["balanced", "models:/imbadv-cifar10-balanced/1"])
+def test_autoattack_from_another_models_gradients_is_refused_in_one_line(source):
+    with pytest.raises(ConfigError, match="autoattack needs the target's own gradients") as error:
+        EvaluateConfig(attack="autoattack", source=source)
+    assert "\n" not in str(error.value) and "--attack pgd" in str(error.value)
+    assert EvaluateConfig(attack="autoattack").source == "self"
+
+
 def test_new_settings_have_defaults_and_reach_the_attack_part_of_an_evaluation():
     config = AttackConfig()
     assert (config.restarts, config.attack_seed, config.decay, config.aa_version) == (1, 0, 1.0, "standard")
