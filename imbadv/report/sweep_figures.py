@@ -92,8 +92,8 @@ def longtail_figure(results: StudyResults, longtail: Longtail, path: Path) -> Pa
         box, _, attack = measure.partition(" ")  # "clean", or "<box> <attack>"
         color = {"white-box": "C3", "black-box": "C0"}.get(box, "k")
         style = "--" if measure == CLEAN else LINES[results.attacks.index(attack) % len(LINES)]
-        means = np.array([row[k].mean for _, k in order]) * 100
-        intervals = np.array([row[k].interval for _, k in order], dtype=float) * 100
+        means = np.array([row[k].mean for _, k in order], dtype=float) * 100
+        intervals = np.array([row[k].interval for _, k in order], dtype=float).reshape(-1, 2) * 100
         errors = np.nan_to_num(np.abs(intervals - means[:, None]).T)
         ax.errorbar(xs, means, yerr=errors, fmt="o", linestyle=style, color=color, capsize=2, markersize=4,
                     label=_longtail_label(results, longtail, measure))

@@ -14,6 +14,8 @@ from imbadv.config import ConfigError
 from imbadv.report import sweep_figures
 from imbadv.report.analysis import Estimate, is_plumbing
 from imbadv.report.output import ATTACK_TITLES, _html_table, _markdown_table
+from imbadv.report.remedies import (FAKE_GAIN, RemedyRow, remedies_figure, remedies_table, remedy_rows,
+                                    write_remedies_csv)
 from imbadv.report.saved import RESULTS_FILE, write_results_file
 from imbadv.report.sweep import (COLLAPSE, NAN, NOT_REACHED, Counts, Longtail, Point, Trend, curve,
                                  longtail_ratios, longtails, registered_train_counts, report_eps, seeds_text,
@@ -166,9 +168,11 @@ def _longtail_blocks(results: StudyResults, lt: Longtail, figure: Path) -> list[
             ("table", ["class", "images", *lt.accuracy], per_class, f"longtail-r{lt.ratio:g}")]
 
 
-def write_sweep_report(results: StudyResults, folder: Path, counts: Counts) -> dict[str, Path]:
+def write_sweep_report(results: StudyResults, folder: Path, counts: Counts,
+                       remedies: list[RemedyRow] | None = None) -> dict[str, Path]:
     """Write every file of the sweep's report into `folder`; `counts`: images each class trained on, by
-    target version. Figures and tables at `report_eps`, the CSVs at every eps. Returns the files by name."""
+    target version; `remedies`: the rows of `imbadv.report.remedies` where the sweep trained remedies.
+    Figures and tables at `report_eps`, the CSVs at every eps. Returns the files by name."""
     folder.mkdir(parents=True, exist_ok=True)
     points, eps = curve(results, counts), report_eps(results)
     trend_rows, models = trends(points), longtails(results, counts)
@@ -204,6 +208,16 @@ def write_sweep_report(results: StudyResults, folder: Path, counts: Counts) -> d
         for lt in (m for m in models if m.eps == eps):
             figure = sweep_figures.longtail_figure(results, lt, folder / f"longtail-r{lt.ratio:g}.png")
             blocks += _longtail_blocks(results, lt, figure)
+    if remedies:
+        write_remedies_csv(remedies, folder / "remedies.csv")
+        figure = remedies_figure(remedies, eps, folder / "remedies.png")
+        blocks += [("h2", "Remedies"),
+                   ("p", "Each profile under each remedy for imbalance: the rare classes' (the cut ones') accuracy, "
+                         "clean and after each attack, its gain over plain cross-entropy paired by seed, and the "
+                         f"mean and worst attacked class. Fake gain: a PGD gain that AutoAttack takes back by more "
+                         f"than {100 * FAKE_GAIN:g} points. remedies.csv holds every eps."),
+                   ("img", "the rare classes under each remedy", figure),
+                   ("table", *remedies_table(remedies, eps), "remedies")]
     blocks += [("h2", "Files"), ("p", "curve.csv: every point of the curves; summary.csv: the table above, at "
                                       "every eps and box; longtail.csv: the long-tail statistics; "
                                       "longtail-r<R>.csv: each long-tailed model per class; results.json: the "
@@ -267,17 +281,18 @@ def run_sweep_report(preset: str, data: str, output_dir: str, attack_loss: str =
         raise ConfigError(f"unknown attack loss {attack_loss!r}: use logits or keras")
     if images_per_class < 0:
         raise ConfigError(f"images per class {images_per_class} is negative: pass 0 (all) or more")
-    results = load_results(dataset, preset, with_confusions=False, attack_loss=attack_loss,
-                           images_per_class=images_per_class, paper_models=False).plain_models()
+    everything = load_results(dataset, preset, with_confusions=False, attack_loss=attack_loss,
+                              images_per_class=images_per_class, paper_models=False)
+    results = everything.plain_models()
     option = ("" if attack_loss == "logits" else f" --attack-loss {attack_loss}") + \
         (f" --images-per-class {images_per_class}" if images_per_class else "")
-    if all(e.is_paper_model for e in results.evaluations):
+    if all(e.is_paper_model for e in everything.evaluations):
         raise ConfigError(f"no finished sweep evaluations (ratios other than the paper's, or long-tailed models) of "
                           f"{dataset} with preset {preset}{option} in this tracking store: run `imbadv sweep --preset "
                           f"{preset} --data {data}{option}` first")
     name = f"{dataset}-{preset}-sweep" + ("" if attack_loss == "logits" else "-keras-loss")
     folder = Path(output_dir) / (name + (f"-{images_per_class}-per-class" if images_per_class else ""))
-    write_sweep_report(results, folder, registered_train_counts(results))
-    write_results_file(results, folder / RESULTS_FILE, attack_loss)
+    write_sweep_report(results, folder, registered_train_counts(results), remedy_rows(everything))
+    write_results_file(everything, folder / RESULTS_FILE, attack_loss)
     print(f"sweep report written to {folder}/report.html")
     return folder
