@@ -17,6 +17,7 @@ command end normally, so a test checks for exit status -9.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import runpy
 import signal
@@ -57,9 +58,11 @@ def _set(event: str) -> None:
         where = {"epoch": 0, "batch": 0}
         train_epoch, to_unit = trainer._train_epoch, trainer.to_unit
 
+        signature = inspect.signature(train_epoch)
+
         @functools.wraps(train_epoch)
         def counted_epoch(*args, **kwargs):
-            where.update(epoch=kwargs.get("epoch", args[-1]) + 1, batch=0)
+            where.update(epoch=signature.bind(*args, **kwargs).arguments["epoch"] + 1, batch=0)
             return train_epoch(*args, **kwargs)
 
         @functools.wraps(to_unit)
