@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -351,6 +352,10 @@ class EvaluateConfig(ModelSelection, AttackConfig):
     attack_classes: str = field(default="all", metadata=_help(
         "'all', or the comma-separated class ids whose test images are attacked (a class-c model's Table 1 "
         "cells read class c's alone)."))
+    posthoc_tau: float = field(default=0.0, metadata=_help(
+        "Post-hoc logit adjustment of the target (a remedy, not in the paper; Menon et al. 2021): attack and "
+        "score logits - tau * log(prior), the priors from the target's training counts; 0: none. The adjusted "
+        "model is registered as <target>-posthoc<tau>, with its own ONNX file."))
 
     def __post_init__(self) -> None:
         ModelSelection.__post_init__(self)
@@ -367,6 +372,9 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         if self.attack == "autoattack" and self.source != "self":
             raise ConfigError("autoattack needs the target's own gradients (white-box only): drop --source "
                               f"{self.source}, or use --attack pgd or mifgsm for a black-box attack")
+        if not (math.isfinite(self.posthoc_tau) and self.posthoc_tau >= 0):
+            raise ConfigError(f"posthoc tau {self.posthoc_tau} is not a finite number >= 0: pass e.g. --posthoc-tau 1 "
+                              "(0: no adjustment)")
         if self.source_uri is not None and self.source != "balanced":
             raise ConfigError("--source-uri pins the balanced source: use it with --source balanced")
 

@@ -7,6 +7,7 @@ from the target's ONNX file, in onnxruntime; the run fails if they disagree on t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import tempfile
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from imbadv.config import (INFERENCE_BATCH, AttackConfig, ConfigError, EvaluateConfig, model_label,
                            resolve_evaluate_config)
 from imbadv.core import metrics, plots
+from imbadv.jobs import posthoc
 from imbadv.core.attacks import run_attack
 from imbadv.core.data import ImageDataset
 from imbadv.core.gradient_pass import gradient_pass
@@ -60,6 +62,7 @@ def run_name(config: EvaluateConfig) -> str:
     since the MLflow UI cuts names short."""
     kind = {"self": "whitebox", "balanced": "blackbox"}.get(config.source, "transfer")
     model = model_label(config.sampling, config.class_id, config.ratio, config.loss, config.resample)
+    model += f"-posthoc{config.posthoc_tau:g}" if config.posthoc_tau else ""
     return f"eval-{kind}-{model}-{config.attack}-{config.direction}-eps{config.eps:g}"
 
 
@@ -71,12 +74,18 @@ def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOu
     """
     shared = current(shared)
     config = resolve_evaluate_config(**options)  # bad options stop here, before any run exists
-    with lifecycle.job_run("evaluate", run_name(config)) as run:
+    with lifecycle.job_run("evaluate", run_name(config)) as run, tempfile.TemporaryDirectory() as folder, \
+            contextlib.ExitStack() as posthoc_lock:
         log.log_config(config)
         device = resolve_device(config.device)
         dataset = load_data(shared, config.data, config.cache_dir)
         log.log_dataset(dataset, "evaluation")
         target, source = _resolve_models(config, dataset, device, shared)
+        adjusted = None
+        if config.posthoc_tau:  # the adjusted model is the target, and its own white-box source
+            adjusted = posthoc.adjusted_target(target, config.posthoc_tau, device, shared, Path(folder),
+                                               config.cache_dir, posthoc_lock)
+            target, source = adjusted.model, adjusted.model if source is target else source
         if config.target_label is not None and config.target_label >= dataset.num_classes:
             raise ConfigError(f"target label {config.target_label} is outside this dataset's "
                               f"{dataset.num_classes} classes: pass --target-label 0 to {dataset.num_classes - 1}")
@@ -92,6 +101,9 @@ def run_evaluate(shared: SharedWork | None = None, **options: Any) -> EvaluateOu
         result = attack_test_set(target, source, dataset, config, device, shared, indices)
         onnx_pred = _onnx_cross_check(target, dataset, result.clean_pred, indices, config, device, shared)
         per_class = _log_metrics_and_artifacts(result, onnx_pred, dataset, config)
+        if adjusted is not None and adjusted.files is not None:  # registered only once the evaluation succeeded
+            target = posthoc.register(adjusted, run.info.run_id)
+            log.tags({names.TAG_TARGET: f"{target.name}/{target.version}"})
         clean_acc = float((result.clean_pred == result.labels).mean())
         adv_acc = float((result.adv_pred == result.labels).mean())
         print(f"{target.name}/{target.version}: clean_acc {clean_acc:.4f} adv_acc {adv_acc:.4f} on {len(indices)} "

@@ -82,6 +82,8 @@ VERSION_WEIGHTS_SHA256 = "weights_sha256"
 VERSION_RUN_ID = "run_id"
 VERSION_STEP_KEY = "step_key"  # set when a study step trained it
 VERSION_ALIAS = "alias"  # the alias (<preset>-s<seed>) the version was registered for
+VERSION_POSTHOC_TAU = "posthoc_tau"  # a post-hoc adjusted model's tau ("" or absent: not adjusted)
+VERSION_POSTHOC_BASE = "posthoc_base"  # <name>/<version> of the model a post-hoc adjusted one adjusts
 
 # Artifact paths.
 MODEL_ARTIFACT = "model"
@@ -107,6 +109,11 @@ def selection_name(selection: ModelSelection, dataset: str) -> str:
     """The registered name of the model a selection (a train or evaluate config) names."""
     return registered_model_name(dataset, selection.sampling, selection.class_id, selection.ratio, selection.loss,
                                  selection.resample)
+
+
+def posthoc_model_name(base_name: str, tau: float) -> str:
+    """The registered name of `base_name` adjusted post hoc with `tau`: `imbadv-cifar10-under-c3-posthoc1`."""
+    return f"{base_name}-posthoc{tau:g}"
 
 
 def model_alias(preset: str, seed: int) -> str:

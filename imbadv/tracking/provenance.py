@@ -45,8 +45,8 @@ CODE_PARTS: dict[str, tuple[str, ...]] = {
     "train": ("core/augment.py", "core/data.py", "core/group.py", "core/inference.py", "core/model.py",
               "core/optim.py", "core/remedies.py", "core/sampling.py", "core/trainer.py"),
     "evaluate": ("config.py", "core/attacks.py", "core/data.py", "core/export.py", "core/gradient_pass.py",
-                 "core/inference.py", "core/metrics.py", "core/model.py", "core/plots.py", "jobs/evaluate.py",
-                 "jobs/shared.py"),
+                 "core/inference.py", "core/metrics.py", "core/model.py", "core/plots.py", "core/posthoc.py",
+                 "jobs/evaluate.py", "jobs/posthoc.py", "jobs/shared.py"),
 }
 
 

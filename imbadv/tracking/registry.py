@@ -28,11 +28,13 @@ from safetensors.torch import load_file, save_file
 from imbadv.tracking import names, pyfunc_model, store  # pyfunc_model: the columns (its set_model() is inert here)
 from imbadv.core.data import sha256_file
 from imbadv.core.model import VGG, VGGSpec
+from imbadv.core.posthoc import LogitAdjusted
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model_spec.json"
 ONNX_FILE = "model.onnx"
+POSTHOC_SPEC_KEY = "posthoc"  # in a post-hoc adjusted model's spec: tau, log priors and the base version
 PIP_REQUIREMENTS = ["mlflow>=3", "numpy", "onnxruntime", "pandas"]
 # One mid-grey image, uint8 and channels last: the format image files decode to.
 INPUT_EXAMPLE = np.full((1, 32, 32, 3), 128, dtype=np.uint8)
@@ -51,7 +53,7 @@ class RegisteredModel:
     version: str
     tags: dict[str, str]
     spec: dict[str, Any]
-    network: VGG
+    network: torch.nn.Module  # a VGG, or a post-hoc adjusted VGG
     onnx_path: Path
 
     @property
@@ -63,7 +65,7 @@ class RegisteredModel:
         return tuple(self.spec["class_names"])
 
 
-def write_model_files(network: VGG, spec: dict[str, Any], folder: Path) -> dict[str, Path]:
+def write_model_files(network: torch.nn.Module, spec: dict[str, Any], folder: Path) -> dict[str, Path]:
     """Weights (safetensors) and spec (JSON) beside an exported ONNX file; returns artifact paths."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
@@ -138,7 +140,10 @@ def version_description(uri: str, tags: dict[str, str], test_acc: float | None, 
         sampling += f" (class {class_id}, {tags[names.VERSION_CLASS_NAME]}, {sampling}-sampled)"
     accuracy = "not recorded" if test_acc is None else f"{test_acc:.4f}"
     columns = pyfunc_model.probability_columns(class_names)
-    return (f"imbadv VGG classifier. Dataset {tags[names.VERSION_DATASET]}, sampling {sampling}, "
+    adjusted = (f"Post-hoc logit-adjusted (tau {tags[names.VERSION_POSTHOC_TAU]}, Menon et al. 2021) version of "
+                f"{tags[names.VERSION_POSTHOC_BASE]}: its logits minus tau * log(training prior). "
+                if tags.get(names.VERSION_POSTHOC_TAU) else "")
+    return (f"{adjusted}imbadv VGG classifier. Dataset {tags[names.VERSION_DATASET]}, sampling {sampling}, "
             f"preset {tags[names.VERSION_PRESET]}, seed {tags[names.VERSION_SEED]}; clean test accuracy {accuracy} "
             f"(run {tags[names.VERSION_RUN_ID]}).\n\n"
             "Input: images as uint8 (0-255) or float ([0, 1]) pixels, shape (N, 3, 32, 32) or (N, 32, 32, 3). "
@@ -166,6 +171,16 @@ def point_alias_at_newest(name: str, alias: str) -> int:
 def _newest_version(client: MlflowClient, name: str, alias: str) -> int:
     versions = store.call(client.search_model_versions, f"name = '{name}'")
     return max(int(v.version) for v in versions if v.tags.get(names.VERSION_ALIAS) == alias)
+
+
+def find_posthoc(base: RegisteredModel, tau: float) -> str | None:
+    """`models:/<name>/<version>` of the newest registered post-hoc adjustment of `base` with `tau`, if any."""
+    name = names.posthoc_model_name(base.name, tau)
+    versions = [v for v in store.call(MlflowClient().search_model_versions, f"name = '{name}'")
+                if v.tags.get(names.VERSION_POSTHOC_BASE) == f"{base.name}/{base.version}"
+                and v.tags.get(names.VERSION_POSTHOC_TAU) == f"{tau:g}"]
+    newest = max(versions, key=lambda v: int(v.version), default=None)
+    return None if newest is None else f"models:/{name}/{newest.version}"
 
 
 def resolve_version(uri: str) -> ModelVersion:
@@ -199,7 +214,9 @@ def load_registered(uri: str, device: torch.device) -> RegisteredModel:
             raise RegistryError(f"{uri}: {path.name} does not match the SHA-256 recorded at training "
                                 "time: the artifact is damaged; retrain the model")
     spec = json.loads(spec_path.read_text())
-    network = VGG(VGGSpec.from_dict(spec["architecture"]))
+    network: torch.nn.Module = VGG(VGGSpec.from_dict(spec["architecture"]))
+    if adjustment := spec.get(POSTHOC_SPEC_KEY):  # a post-hoc adjusted model: the offset is one of its buffers
+        network = LogitAdjusted(network, torch.tensor(adjustment["log_prior"]), adjustment["tau"])
     try:  # safetensors holds tensors only: nothing in the file is ever executed
         state = load_file(str(weights))
     except SafetensorError as error:
