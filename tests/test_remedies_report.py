@@ -86,3 +86,16 @@ def test_the_sweep_report_writes_remedies_csv_its_figure_and_section(results, tm
     assert float(cb["gain"]) == pytest.approx(0.10) and cb["fake_gain"] == "True" and cb["seeds"] == "3"
     report = files["report.md"].read_text()
     assert "## Remedies" in report and "fake gain" in report.lower()
+
+
+def test_a_posthoc_adjustment_is_a_remedy_of_its_own(results):
+    adjusted = [Evaluation(f"{s}-posthoc", s, 0.01, "under", CAT, "self",
+                           {f"clean_acc_c{CAT}": 0.6, f"adv_acc_c{CAT}": 0.12 + 0.01 * (s - 1)}, attack="pgd",
+                           ratio=5.0, posthoc_tau=1.0) for s in SEEDS]
+    everything = StudyResults("cifar10", "cpu", NAMES, results.evaluations + adjusted, None)
+    row = next(r for r in remedy_rows(everything) if r.remedy_label == "ce+posthoc1")
+    assert row.remedy == ("ce", "none", 1.0) and row.gain.mean == pytest.approx(0.02)
+    assert all(e.is_plain != bool(e.posthoc_tau) for e in adjusted)
+    assert not everything.plain_models().evaluations or all(not e.posthoc_tau
+                                                            for e in everything.plain_models().evaluations)
+    assert len({e.identity for e in everything.evaluations}) == len(everything.evaluations)

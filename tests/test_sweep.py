@@ -89,3 +89,26 @@ def test_a_remedy_trains_alone_even_where_groups_are_asked_for():
 def test_bad_remedy_grids_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):
         SweepConfig(**options)
+
+
+def test_posthoc_attacks_each_cross_entropy_model_adjusted_and_trains_nothing_more():
+    base = SweepConfig(preset="smoke", classes="3", ratios="1,5", longtail="100", losses="ce,cb",
+                       attacks="fgsm,autoattack")
+    adjusted = SweepConfig(**{**base.__dict__, "posthoc": "1,2"})
+    before, after = plan(base, 10, "d", COMMIT), plan(adjusted, 10, "d", COMMIT)
+    assert {s.key for s in before} < {s.key for s in after}
+    assert _trainings(after) == _trainings(before)
+    new = [dict(s.options) for s in after if s.key not in {b.key for b in before}]
+    # under-c3, over-c3 and longtail-r100 with ce, two taus; FGSM white- and black-box, AutoAttack white-box
+    assert len(new) == 3 * 2 * 3
+    assert {(e.get("loss", "ce"), e["posthoc_tau"]) for e in new} == {("ce", 1.0), ("ce", 2.0)}
+    assert {e["sampling"] for e in new} == {"under", "over", "longtail"}
+    label = next(s.label for s in after if dict(s.options).get("posthoc_tau") == 2.0)
+    assert "-posthoc2" in label
+    assert "posthoc" not in base.identity and adjusted.identity["posthoc"] == "1,2"  # older studies keep their keys
+
+
+@pytest.mark.parametrize("posthoc", ["0", "-1", "x", "inf"])
+def test_bad_posthoc_taus_are_refused(posthoc):
+    with pytest.raises(ConfigError, match="taus above 0"):
+        SweepConfig(posthoc=posthoc)

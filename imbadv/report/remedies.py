@@ -1,6 +1,7 @@
 """Which remedy for imbalance gives the rare classes their accuracy back, and is any gain real?
 
-For each imbalanced profile that a sweep trained under more than one remedy (`--losses`, `--resample`),
+For each imbalanced profile that a sweep trained under more than one remedy (`--losses`, `--resample`), or
+attacked adjusted post hoc (`--posthoc`),
 per remedy, attack and box: the rare classes' clean accuracy and accuracy after the attack, the mean
 and worst of the attacked per-class accuracies, and the rare classes' difference from plain
 cross-entropy, paired by seed. The rare classes are the profile's cut ones: class c of `under`, every
@@ -23,7 +24,7 @@ from imbadv.report.analysis import SHARE, Estimate
 from imbadv.tracking import names
 from imbadv.tracking.results import Evaluation, StudyResults
 
-PLAIN = ("ce", "none")  # (loss, resample) of the paper's training
+PLAIN = ("ce", "none", 0.0)  # (loss, resample, post-hoc tau) of the paper's models
 FAKE_GAIN = 0.02  # PGD gain minus AutoAttack gain above which a remedy's gain is flagged
 BOXES = {"self": "white-box", "balanced": "black-box"}
 Profile = tuple[str, "int | None", "float | None"]  # (sampling, class_id, ratio)
@@ -44,7 +45,7 @@ class RemedyRow:
 
     eps: float
     profile: Profile
-    remedy: tuple[str, str]  # (loss, resample)
+    remedy: tuple[str, str, float]  # (loss, resample, post-hoc tau)
     attack: str
     box: str
     seeds: tuple[int, ...]
@@ -62,8 +63,8 @@ class RemedyRow:
 
     @property
     def remedy_label(self) -> str:
-        loss, resample = self.remedy
-        return loss + ("" if resample == "none" else f"+{resample}")
+        loss, resample, tau = self.remedy
+        return loss + ("" if resample == "none" else f"+{resample}") + (f"+posthoc{tau:g}" if tau else "")
 
 
 def _rare_mean(e: Evaluation | None, metric: str, rare: list[int]) -> float:
@@ -85,8 +86,8 @@ def remedy_rows(results: StudyResults) -> list[RemedyRow]:
     found: dict[tuple, Evaluation] = {}
     for e in results.evaluations:
         if e.sampling != "balanced":
-            found[(e.eps, e.attack, e.source, (e.sampling, e.class_id, e.ratio), (e.loss, e.resample), e.seed)] = e
-    remedies_of: dict[Profile, set[tuple[str, str]]] = {}
+            found[(e.eps, e.attack, e.source, (e.sampling, e.class_id, e.ratio), e.remedy, e.seed)] = e
+    remedies_of: dict[Profile, set[tuple[str, str, float]]] = {}
     for key in found:
         remedies_of.setdefault(key[3], set()).add(key[4])
     num_classes = len(results.class_names)

@@ -62,6 +62,7 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
             if evaluation.identity in origin:
                 model = model_label(evaluation.sampling, evaluation.class_id, evaluation.ratio, evaluation.loss,
                                     evaluation.resample)
+                model += f"-posthoc{evaluation.posthoc_tau:g}" if evaluation.posthoc_tau else ""
                 raise ResultsFileError(f"seed {evaluation.seed}'s {model} "
                                        f"{evaluation.source} {evaluation.attack} evaluation at eps {evaluation.eps:g} "
                                        f"is in both {origin[evaluation.identity]} and {path}: combine files of "
@@ -77,8 +78,9 @@ def read_results_files(paths: list[str] | list[Path]) -> tuple[StudyResults, str
 
 def _order(evaluation: Evaluation) -> tuple:
     """A sort key of `Evaluation.cell`: the balanced model's cells (class None) first."""
-    attack, seed, eps, sampling, class_id, source, ratio, loss, resample = evaluation.identity
-    return (attack, seed, eps, sampling, -1 if class_id is None else class_id, source, ratio or 0.0, loss, resample)
+    attack, seed, eps, sampling, class_id, source, ratio, loss, resample, posthoc_tau = evaluation.identity
+    return (attack, seed, eps, sampling, -1 if class_id is None else class_id, source, ratio or 0.0, loss, resample,
+            posthoc_tau)
 
 
 def _evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
@@ -86,7 +88,8 @@ def _evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
             "sampling": evaluation.sampling, "class_id": evaluation.class_id, "source": evaluation.source,
             "target_version": evaluation.target_version, "source_version": evaluation.source_version,
             "attack": evaluation.attack, "attack_params": evaluation.attack_params, "ratio": evaluation.ratio,
-            "loss": evaluation.loss, "resample": evaluation.resample, "metrics": evaluation.metrics,
+            "loss": evaluation.loss, "resample": evaluation.resample, "posthoc_tau": evaluation.posthoc_tau,
+            "metrics": evaluation.metrics,
             "confusion": {kind: matrix.astype(int).tolist() for kind, matrix in evaluation.confusion.items()}}
 
 
@@ -128,7 +131,8 @@ def _evaluation(item: dict[str, Any], path: Path) -> Evaluation:
                           attack=str(item.get("attack", PAPER_ATTACK)),
                           attack_params=str(item.get("attack_params", "")),
                           ratio=_ratio(item), loss=str(item.get("loss", "ce")),
-                          resample=str(item.get("resample", "none")))
+                          resample=str(item.get("resample", "none")),
+                          posthoc_tau=float(item.get("posthoc_tau", 0.0)))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ResultsFileError(f"{path} holds an evaluation it cannot describe ({type(error).__name__}: {error}): "
                                "write it again with `imbadv report`") from None

@@ -7,6 +7,7 @@ presets); a study names the grid (seeds, eps, classes) and how it runs (executor
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -51,6 +52,10 @@ class StudyConfig:
     resample: str = field(default="none", metadata={"help": (
         "Resamplings of the imbalanced models, comma-separated, as train's --resample: none, oversample; "
         "each loss is trained under each.")})
+    posthoc: str = field(default="", metadata={"help": (
+        "Post-hoc logit adjustments (evaluate's --posthoc-tau, Menon et al. 2021), comma-separated taus above "
+        "0: each attacks every imbalanced cross-entropy model adjusted with that tau, beside the model itself; "
+        "empty: none.")})
     jobs: int = field(default=1, metadata={"help": (
         "With --executor local: steps run at once on this machine, each in its own process with an equal share "
         "of the cores.")})
@@ -131,7 +136,7 @@ class StudyConfig:
                 raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
         if self.images_per_class < 0:
             raise ConfigError(f"images per class {self.images_per_class} is negative: pass 0 (all) or more")
-        _ = self.ratio_values, self.longtail_values, self.loss_values, self.resample_values
+        _ = self.ratio_values, self.longtail_values, self.loss_values, self.resample_values, self.posthoc_values
         for attack in self.attack_values:
             AttackConfig(**self.attack_options(attack, self.eps_values[0] if self.eps_values else AttackConfig.eps))
 
@@ -189,6 +194,18 @@ class StudyConfig:
         return _choices(self.resample, "resample", Resample)
 
     @property
+    def posthoc_values(self) -> tuple[float, ...]:
+        """`posthoc` as taus, each once, in the order given."""
+        try:
+            values = tuple(dict.fromkeys(float(v) for v in self.posthoc.split(",") if v.strip()))
+        except ValueError:
+            values = (0.0,)
+        if any(not (math.isfinite(v) and v > 0) for v in values):
+            raise ConfigError(f"posthoc {self.posthoc!r} is not comma-separated taus above 0: pass e.g. --posthoc 1 "
+                              "or --posthoc 0.5,1,2")
+        return values
+
+    @property
     def training_overrides(self) -> dict[str, Any]:
         """`train_options` as typed TrainConfig values: {} when empty."""
         return parse_train_options(self.train_options)
@@ -225,7 +242,10 @@ class StudyConfig:
     @property
     def identity(self) -> dict[str, Any]:
         """What the study computes (logged as params, hashed into its key); not how it runs (`RUN_OPTIONS`)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_OPTIONS}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_OPTIONS}
+        if not values["posthoc"]:  # studies from before post-hoc adjustment keep their keys
+            del values["posthoc"]
+        return values
 
 
 def _choices(text: str, name: str, kind: Any) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ class Step:
         o = dict(self.options)
         model = model_label(o["sampling"], o.get("class_id"), o.get("ratio"), o.get("loss", "ce"),
                             o.get("resample", "none"))
+        model += f"-posthoc{o['posthoc_tau']:g}" if o.get("posthoc_tau") else ""
         if self.entry == "train":
             return f"train {model} s{o['seed']}"
         return f"evaluate {model} s{o['seed']} {o['attack']} source={o['source']} eps={o['eps']:g}"
@@ -50,7 +51,8 @@ def _ratio(value: float) -> dict[str, float]:
 
 def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str]) -> list[Step]:
     """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, each under
-    each remedy of `losses` x `resample`, per seed), then evaluations (per attack, seed and eps);
+    each remedy of `losses` x `resample`, per seed), then evaluations (per attack, seed and eps; the
+    cross-entropy models also adjusted post hoc with each tau of `posthoc`);
     `code_versions`: by entry point (train, evaluate), the version of the code that decides its steps'
     results."""
     classes = config.class_ids(num_classes)
@@ -61,6 +63,9 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     class_models = [(sampling, c, {**_ratio(r), **remedy}) for c in classes for r in config.ratio_values if r != 1.0
                     for sampling in ("under", "over") for remedy in remedies]
     profiles = [("longtail", None, {"ratio": r, **remedy}) for r in config.longtail_values for remedy in remedies]
+    # the imbalanced cross-entropy models, each also attacked adjusted post hoc with each tau
+    adjusted = [(sampling, c, {**options, "posthoc_tau": tau}) for tau in config.posthoc_values
+                for sampling, c, options in class_models + profiles if not options.keys() & {"loss", "resample"}]
     specs: list[tuple[str, dict[str, Any]]] = []
     for seed in config.seed_values:
         specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))
@@ -73,7 +78,7 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
             for eps in config.eps_values:
                 attack = {**base, "seed": seed, **config.attack_options(attack_name, eps), **subset}
                 specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
-                for sampling, c, ratio in class_models + profiles:
+                for sampling, c, ratio in class_models + profiles + adjusted:
                     # the paper's FGSM attacks every test image; a stronger attack only class c's, all its cells read
                     own = {} if attack_name == PAPER_ATTACK or c is None else {"attack_classes": str(c)}
                     for source in sources:

@@ -45,6 +45,7 @@ class Evaluation:
     ratio: float | None = None  # the target's imbalance ratio (under, over, longtail, step), None for balanced
     loss: str = "ce"  # the target's training loss: ce, or a remedy's (cb, la, bs)
     resample: str = "none"  # the target's resampling: none, or oversample
+    posthoc_tau: float = 0.0  # the target's post-hoc logit adjustment (evaluate's --posthoc-tau), 0: none
 
     def __post_init__(self) -> None:
         if self.sampling in RATIO_SAMPLINGS and self.ratio is None:
@@ -53,9 +54,20 @@ class Evaluation:
     @property
     def is_paper_model(self) -> bool:
         """Whether the target is one of the paper's 21 models: balanced, or under/over at ratio 5."""
-        if self.loss != "ce" or self.resample != "none":
+        if not self.is_plain:
             return False
         return self.sampling == "balanced" or (self.sampling in CLASS_SAMPLINGS and self.ratio == PAPER_RATIO)
+
+    @property
+    def is_plain(self) -> bool:
+        """Whether the target is free of every remedy for imbalance: trained with cross-entropy on its
+        sampled set, and not adjusted post hoc."""
+        return self.loss == "ce" and self.resample == "none" and not self.posthoc_tau
+
+    @property
+    def remedy(self) -> tuple[str, str, float]:
+        """The target's remedy: (loss, resample, post-hoc tau); ("ce", "none", 0.0) for none."""
+        return self.loss, self.resample, self.posthoc_tau
 
     def per_class(self, name: str, k: int) -> float:
         return self.metrics.get(names.per_class(name, k), float("nan"))
@@ -71,9 +83,9 @@ class Evaluation:
         return (self.attack, *self.cell, self.ratio)
 
     @property
-    def identity(self) -> tuple[str, int, float, str, int | None, str, float | None, str, str]:
+    def identity(self) -> tuple[str, int, float, str, int | None, str, float | None, str, str, float]:
         """`key` and the target's remedy: what one study's (or sweep's) evaluations hold once."""
-        return (*self.key, self.loss, self.resample)
+        return (*self.key, *self.remedy)
 
 
 @dataclass(frozen=True)
@@ -104,9 +116,8 @@ class StudyResults:
         return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.is_paper_model])
 
     def plain_models(self) -> StudyResults:
-        """These results without the models trained with a remedy for imbalance (`--losses`, `--resample`)."""
-        return dataclasses.replace(self, evaluations=[e for e in self.evaluations
-                                                      if e.loss == "ce" and e.resample == "none"])
+        """These results without the models under a remedy for imbalance (`--losses`, `--resample`, `--posthoc`)."""
+        return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.is_plain])
 
     def of_attack(self, attack: str) -> StudyResults:
         """These results with only `attack`'s evaluations: one Table 1's worth."""
@@ -130,6 +141,7 @@ def _evaluation(run: Run, attack_loss: str = "logits", images_per_class: int = 0
     ratio = float(p.get(P + "ratio") or PAPER_RATIO) if sampling in RATIO_SAMPLINGS else None  # none before ratios
     return Evaluation(run_id=run.info.run_id, seed=int(p[P + "seed"]), eps=float(p[P + "eps"]), ratio=ratio,
                       loss=p.get(P + "loss", "ce"), resample=p.get(P + "resample", "none"),
+                      posthoc_tau=float(p.get(P + "posthoc_tau") or 0.0),
                       sampling=sampling, class_id=int(p[P + "class_id"]) if p.get(P + "class_id") else None,
                       source=source, metrics=dict(run.data.metrics),
                       target_version=run.data.tags.get(names.TAG_TARGET, ""),
