@@ -21,7 +21,7 @@ import typer
 
 from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, TrainConfig, parse_class_id, preset_values,
                            resolve_evaluate_config, resolve_train_config)
-from imbadv.study.config import StudyConfig, SweepConfig
+from imbadv.study.config import NaturalConfig, StudyConfig, SweepConfig
 
 app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -119,7 +119,8 @@ def _evaluate(**options: Any) -> None:
 
 
 def _study(kind: type[StudyConfig]) -> Callable[..., None]:
-    """The job of `reproduce` (a StudyConfig) or `sweep` (a SweepConfig): the same engine, another grid."""
+    """The job of `reproduce` (a StudyConfig), `sweep` (a SweepConfig) or `natural` (a NaturalConfig): the same
+    engine, another grid."""
     return lambda **options: _run_study(kind(**{k: v for k, v in options.items() if v is not None}))
 
 
@@ -190,13 +191,16 @@ RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=
     "found and continued without it)."))
 app.command("train", help="Train one model of the study, export it to ONNX and register it.")(
     config_command(TrainConfig, _train, (RESUME,)))
-app.command("evaluate", help="Attack a registered model with FGSM / iterative FGSM and score it per class.")(
+app.command("evaluate", help="Attack a registered model (FGSM, iterative attacks, AutoAttack) and score it per class.")(
     config_command(EvaluateConfig, _evaluate))
 app.command("reproduce", help="Run the paper's study: 21 models per seed and their attacks; reuses finished runs.")(
     config_command(StudyConfig, _study(StudyConfig)))
 app.command("sweep", help="Run the imbalance sweep: each class under- and over-sampled at each ratio, long-tailed "
             "models, and their attacks, on the study's engine; reuses finished runs.")(
     config_command(SweepConfig, _study(SweepConfig)))
+app.command("natural", help="Study a naturally imbalanced dataset (e.g. GTSRB): the natural profile under each "
+            "remedy, attacked white-box and from a peer of another seed; reuses finished runs.")(
+    config_command(NaturalConfig, _study(NaturalConfig)))
 
 
 @models_app.callback()

@@ -332,12 +332,15 @@ class EvaluateConfig(ModelSelection, AttackConfig):
 
     source: str = field(default="self", metadata=_help(
         "Whose gradient crafts the attack: 'self' (white-box), 'balanced' (the balanced model of the "
-        "same data, preset and seed: black-box) or a models:/ URI."))
+        "same data, preset and seed: black-box, section 3.2), 'peer' (the same model trained with another "
+        "seed, --source-seed: black-box, what an attacker with the same data could train) or a models:/ URI."))
+    source_seed: int | None = field(default=None, metadata=_help(
+        "With --source peer: the seed of the peer model (default: --seed + 1)."))
     target_uri: str | None = field(default=None, metadata=_help(
         "The exact version to attack, models:/<name>/<version> (default: the selection's alias "
         "<preset>-s<seed>); a study pins the versions its own trainings made."))
     source_uri: str | None = field(default=None, metadata=_help(
-        "With --source balanced: the exact version of the balanced model, models:/<name>/<version>."))
+        "With --source balanced or peer: the exact version of the source model, models:/<name>/<version>."))
     batch_size: int = field(default=500, metadata=_help("Images per attack batch (independent of training)."))
     precision: Precision = field(default="fp32", metadata=_help(
         "'fp32', or 'bf16' autocast for the attack's forward and backward passes (fast only where the "
@@ -375,8 +378,13 @@ class EvaluateConfig(ModelSelection, AttackConfig):
         if not (math.isfinite(self.posthoc_tau) and self.posthoc_tau >= 0):
             raise ConfigError(f"posthoc tau {self.posthoc_tau} is not a finite number >= 0: pass e.g. --posthoc-tau 1 "
                               "(0: no adjustment)")
-        if self.source_uri is not None and self.source != "balanced":
-            raise ConfigError("--source-uri pins the balanced source: use it with --source balanced")
+        if self.source_uri is not None and self.source not in ("balanced", "peer"):
+            raise ConfigError("--source-uri pins the balanced or peer source: use it with --source balanced or peer")
+        if self.source_seed is not None and self.source != "peer":
+            raise ConfigError("--source-seed names the peer model's seed: use it with --source peer")
+        if self.source == "peer" and self.peer_seed == self.seed:
+            raise ConfigError(f"the peer of seed {self.seed} is the target itself: pass another --source-seed, or "
+                              "--source self for a white-box attack")
 
     @property
     def attacked_classes(self) -> tuple[int, ...] | None:
@@ -391,6 +399,11 @@ class EvaluateConfig(ModelSelection, AttackConfig):
             raise ConfigError(f"attack classes {self.attack_classes!r} are not 'all' or comma-separated class ids: "
                               "pass e.g. --attack-classes 3 or --attack-classes 3,5")
         return ids
+
+    @property
+    def peer_seed(self) -> int:
+        """The seed of the peer source (`--source peer`): `source_seed`, else the next seed."""
+        return self.seed + 1 if self.source_seed is None else self.source_seed
 
     def attack_config(self) -> AttackConfig:
         """The attack part alone, as the pure attack functions take it."""

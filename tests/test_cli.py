@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from imbadv.tracking import names
 from imbadv.cli import app, main
 from imbadv.config import PRESETS, EvaluateConfig, TrainConfig
-from imbadv.study.config import StudyConfig, SweepConfig
+from imbadv.study.config import RUN_OPTIONS, NaturalConfig, StudyConfig, SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -44,12 +44,13 @@ def test_mlproject_parameters_are_config_fields_without_second_defaults():
     spec = yaml.safe_load((REPO / "MLproject").read_text())
     assert spec["conda_env"] == "conda.yaml"
     for entry, config in (("train", TrainConfig), ("evaluate", EvaluateConfig), ("reproduce", StudyConfig),
-                          ("sweep", SweepConfig)):
+                          ("sweep", SweepConfig), ("natural", NaturalConfig)):
         fields = {f.name for f in dataclasses.fields(config)}
         parameters = spec["entry_points"][entry]["parameters"]
         assert set(parameters) <= fields
-        if entry in ("reproduce", "sweep"):  # every option of what a study computes, but flags (shared_init)
-            assert {k for k, v in SweepConfig().identity.items() if not isinstance(v, bool)} <= set(parameters)
+        if config in (StudyConfig, SweepConfig, NaturalConfig):  # every option of what a study computes, but flags
+            assert {f.name for f in dataclasses.fields(config) if f.name not in RUN_OPTIONS and f.type != "bool"} \
+                <= set(parameters)
         assert all(p["default"] == "" for p in parameters.values())  # defaults live in config.py only
         for name in parameters:
             assert f"--{name.replace('_', '-')} {{{name}}}" in spec["entry_points"][entry]["command"]

@@ -60,7 +60,8 @@ class AttackResult:
 def run_name(config: EvaluateConfig) -> str:
     """`eval-<whitebox|blackbox|transfer>-<model>-<attack>-<direction>-eps<eps>`: what tells runs apart first,
     since the MLflow UI cuts names short."""
-    kind = {"self": "whitebox", "balanced": "blackbox"}.get(config.source, "transfer")
+    kind = {"self": "whitebox", "balanced": "blackbox", "peer": f"blackbox-s{config.peer_seed}"}.get(config.source,
+                                                                                                   "transfer")
     model = model_label(config.sampling, config.class_id, config.ratio, config.loss, config.resample)
     model += f"-posthoc{config.posthoc_tau:g}" if config.posthoc_tau else ""
     return f"eval-{kind}-{model}-{config.attack}-{config.direction}-eps{config.eps:g}"
@@ -124,13 +125,22 @@ def _resolve_models(config: EvaluateConfig, dataset: ImageDataset, device: torch
         balanced = dataclasses.replace(config, sampling="balanced", class_id=None, ratio=None, loss="ce",
                                        resample="none")
         source_uri = config.source_uri or names.model_uri(balanced, dataset.name)
+    elif config.source == "peer":  # the target's own selection, another seed
+        peer = dataclasses.replace(config, seed=config.peer_seed, source="self", source_seed=None, source_uri=None)
+        source_uri = config.source_uri or names.model_uri(peer, dataset.name)
     elif config.source.startswith("models:/"):
         source_uri = config.source
     else:
-        raise ConfigError(f"unknown source {config.source!r}: use self, balanced or a models:/ URI")
+        raise ConfigError(f"unknown source {config.source!r}: use self, balanced, peer or a models:/ URI")
     source = load_model(shared, source_uri, device)
     if config.source == "balanced":
         _check_is(source, names.registered_model_name(dataset.name, "balanced", None))
+    if config.source == "peer":
+        _check_is(source, target.name)
+        if source.version == target.version or source.tags.get(names.VERSION_SEED) == target.tags.get(
+                names.VERSION_SEED):
+            raise ConfigError(f"peer source {source.uri} is the target's own seed: pass a --source-seed other than "
+                              f"{target.tags.get(names.VERSION_SEED)}")
     if source.dataset_digest != target.dataset_digest:
         raise RegistryError(f"source {source_uri} was trained on other data than target {target.uri}: "
                             "pick a source trained on the same dataset")

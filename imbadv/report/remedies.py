@@ -26,7 +26,7 @@ from imbadv.tracking.results import Evaluation, StudyResults
 
 PLAIN = ("ce", "none", 0.0)  # (loss, resample, post-hoc tau) of the paper's models
 FAKE_GAIN = 0.02  # PGD gain minus AutoAttack gain above which a remedy's gain is flagged
-BOXES = {"self": "white-box", "balanced": "black-box"}
+BOXES = {"self": "white-box", "balanced": "black-box", "peer": "black-box (peer)"}
 Profile = tuple[str, "int | None", "float | None"]  # (sampling, class_id, ratio)
 
 

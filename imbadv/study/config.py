@@ -23,6 +23,7 @@ ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the attacks that take --steps 
 PGD_STEP_OF_EPS = 0.25
 WHITEBOX_ONLY_ATTACKS = ("autoattack",)  # the attacks that need the target's own model, not a source's gradient
 Engine = Literal["shared", "isolated"]
+BlackBox = Literal["balanced", "peer"]
 Executor = Literal["local", "ray"]
 
 
@@ -52,6 +53,14 @@ class StudyConfig:
     resample: str = field(default="none", metadata={"help": (
         "Resamplings of the imbalanced models, comma-separated, as train's --resample: none, oversample; "
         "each loss is trained under each.")})
+    natural: bool = field(default=False, metadata={"help": (
+        "Also train the natural profile (every training image, as the dataset has it) under each remedy, one "
+        "model per seed: the profile of a naturally imbalanced dataset such as GTSRB.")})
+    black_box: BlackBox = field(default="balanced", metadata={"help": (
+        "Whose gradient crafts the black-box attacks: 'balanced' (the same seed's balanced model, section 3.2) "
+        "or 'peer' (the target's own profile and remedy trained with the study's next seed, its own "
+        "initialisation and batch order: what an attacker with the same data could train; needs 2 seeds or "
+        "more). With 'peer', the balanced model trains only where --ratios holds 1.")})
     posthoc: str = field(default="", metadata={"help": (
         "Post-hoc logit adjustments (evaluate's --posthoc-tau, Menon et al. 2021), comma-separated taus above "
         "0: each attacks every imbalanced cross-entropy model adjusted with that tau, beside the model itself; "
@@ -137,6 +146,9 @@ class StudyConfig:
         if self.images_per_class < 0:
             raise ConfigError(f"images per class {self.images_per_class} is negative: pass 0 (all) or more")
         _ = self.ratio_values, self.longtail_values, self.loss_values, self.resample_values, self.posthoc_values
+        if self.black_box == "peer" and self.seeds < 2:
+            raise ConfigError("--black-box peer attacks each model from the same model of another seed: pass --seeds "
+                              "2 or more, or --black-box balanced")
         for attack in self.attack_values:
             AttackConfig(**self.attack_options(attack, self.eps_values[0] if self.eps_values else AttackConfig.eps))
 
@@ -243,9 +255,17 @@ class StudyConfig:
     def identity(self) -> dict[str, Any]:
         """What the study computes (logged as params, hashed into its key); not how it runs (`RUN_OPTIONS`)."""
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_OPTIONS}
-        if not values["posthoc"]:  # studies from before post-hoc adjustment keep their keys
-            del values["posthoc"]
-        return values
+        return {k: v for k, v in values.items() if (k, v) not in LATER_DEFAULTS.items()}
+
+    def peer_seed(self, seed: int) -> int:
+        """The seed of `seed`'s peer models (`--black-box peer`): the study's next seed, the first after the last."""
+        seeds = self.seed_values
+        return seeds[(seeds.index(seed) + 1) % len(seeds)]
+
+    @property
+    def trains_balanced(self) -> bool:
+        """Whether the study trains the balanced model: the black-box source, or ratio 1 of the curves."""
+        return self.black_box == "balanced" or 1.0 in self.ratio_values
 
 
 def _choices(text: str, name: str, kind: Any) -> tuple[str, ...]:
@@ -287,6 +307,27 @@ class SweepConfig(StudyConfig):
     def kind(self) -> str:
         return "sweep"
 
+
+@dataclass(frozen=True)
+class NaturalConfig(StudyConfig):
+    """A study of a naturally imbalanced dataset (`imbadv natural`, e.g. GTSRB): the natural profile under
+    each remedy, attacked white-box and from a peer of another seed, with no hand-made imbalance."""
+
+    seeds: int = field(default=3, metadata=StudyConfig.__dataclass_fields__["seeds"].metadata)
+    ratios: str = field(default="", metadata=StudyConfig.__dataclass_fields__["ratios"].metadata)
+    losses: str = field(default="ce,cb,la,bs", metadata=StudyConfig.__dataclass_fields__["losses"].metadata)
+    natural: bool = field(default=True, metadata=StudyConfig.__dataclass_fields__["natural"].metadata)
+    black_box: BlackBox = field(default="peer", metadata=StudyConfig.__dataclass_fields__["black_box"].metadata)
+    attacks: str = field(default="fgsm,pgd", metadata=StudyConfig.__dataclass_fields__["attacks"].metadata)
+
+    @property
+    def kind(self) -> str:
+        return "natural"
+
+
+# Options added after studies were run, at their defaults: left out of the identity, so that those studies
+# keep their keys (and their parent runs).
+LATER_DEFAULTS: dict[str, Any] = {"posthoc": "", "natural": False, "black_box": "balanced"}
 
 # How a study runs, not what it computes: not logged as params, not in the study's key.
 RUN_OPTIONS = ("force", "jobs", "cache_dir", "device", "engine", "group_trainings", "executor", "ray_address",

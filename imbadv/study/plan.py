@@ -50,8 +50,9 @@ def _ratio(value: float) -> dict[str, float]:
 
 
 def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str]) -> list[Step]:
-    """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, each under
-    each remedy of `losses` x `resample`, per seed), then evaluations (per attack, seed and eps; the
+    """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, natural,
+    each under each remedy of `losses` x `resample`, per seed), then evaluations (per attack, seed and eps,
+    black-box from the balanced model or the peer of `black_box`; the
     cross-entropy models also adjusted post hoc with each tau of `posthoc`);
     `code_versions`: by entry point (train, evaluate), the version of the code that decides its steps'
     results."""
@@ -66,23 +67,28 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     # the imbalanced cross-entropy models, each also attacked adjusted post hoc with each tau
     adjusted = [(sampling, c, {**options, "posthoc_tau": tau}) for tau in config.posthoc_values
                 for sampling, c, options in class_models + profiles if not options.keys() & {"loss", "resample"}]
+    if config.natural:
+        profiles += [("natural", None, remedy) for remedy in remedies]
     specs: list[tuple[str, dict[str, Any]]] = []
     for seed in config.seed_values:
-        specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))
+        if config.trains_balanced:
+            specs.append(("train", {**training, "seed": seed, "sampling": "balanced", "class_id": None}))
         for sampling, c, ratio in class_models + profiles:
             specs.append(("train", {**training, "seed": seed, "sampling": sampling, "class_id": c, **ratio}))
     subset = {"images_per_class": config.images_per_class} if config.images_per_class else {}
     for attack_name in config.attack_values:
-        sources = ("self",) if attack_name in WHITEBOX_ONLY_ATTACKS else ("self", "balanced")
+        sources = ("self",) if attack_name in WHITEBOX_ONLY_ATTACKS else ("self", config.black_box)
         for seed in config.seed_values:
+            source_options = {"self": {}, "balanced": {}, "peer": {"source_seed": config.peer_seed(seed)}}
             for eps in config.eps_values:
                 attack = {**base, "seed": seed, **config.attack_options(attack_name, eps), **subset}
-                specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
+                if config.trains_balanced:
+                    specs.append(("evaluate", {**attack, "sampling": "balanced", "class_id": None, "source": "self"}))
                 for sampling, c, ratio in class_models + profiles + adjusted:
                     # the paper's FGSM attacks every test image; a stronger attack only class c's, all its cells read
                     own = {} if attack_name == PAPER_ATTACK or c is None else {"attack_classes": str(c)}
                     for source in sources:
                         specs.append(("evaluate", {**attack, "sampling": sampling, "class_id": c, "source": source,
-                                                   **ratio, **own}))
+                                                   **source_options[source], **ratio, **own}))
     return [Step(entry, tuple(sorted(options.items())), step_key(entry, options, dataset_digest, code_versions[entry]))
             for entry, options in specs]

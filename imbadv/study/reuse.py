@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from imbadv.config import resolve_train_config
 from imbadv.study.plan import Step, step_key
-from imbadv.study.schedule import Model, balanced_model, model_of
+from imbadv.study.schedule import Model, model_of, source_model
 from imbadv.tracking import names
 from imbadv.tracking.provenance import train_key
 
@@ -69,7 +69,7 @@ def registered_version(run_id: str) -> str:
 def attacked_models(step: Step) -> list[Model]:
     """The models an evaluation step needs: its target, then its black-box source if it has one."""
     options = dict(step.options)
-    return [model_of(options)] + ([balanced_model(options["seed"])] if options["source"] == "balanced" else [])
+    return [model_of(options)] + ([source] if (source := source_model(options)) else [])
 
 
 def pin_models(step: Step, versions: dict[Model, str], dataset_digest: str, code_version: str) -> Step:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from imbadv.study.plan import Step
 
 _TRAINING_ORDER = {"balanced": 0, "natural": 0, "under": 1, "step": 2, "longtail": 3, "over": 4}  # largest first
+
+
 class Model(NamedTuple):
     """One model of a study: its seed, training profile and remedy."""
 
@@ -51,15 +53,22 @@ def balanced_model(seed: int) -> Model:
     return Model(seed, "balanced", None, None)
 
 
+def source_model(options: dict[str, Any]) -> Model | None:
+    """The model whose gradient crafts a black-box evaluation's attack: the seed's balanced model, or the
+    target's peer (the same model of `source_seed`); None when white-box."""
+    if options["source"] == "balanced":
+        return balanced_model(options["seed"])
+    if options["source"] == "peer":
+        return model_of({**options, "seed": options["source_seed"]})
+    return None
+
+
 def models_needed(step: Step) -> set[Model]:
-    """Models an evaluation needs trained: its target, and the balanced model for a black-box attack."""
+    """Models an evaluation needs trained: its target, and its black-box source."""
     options = dict(step.options)
     if step.entry != "evaluate":
         return set()
-    needed = {model_of(options)}
-    if options["source"] == "balanced":
-        needed.add(balanced_model(options["seed"]))
-    return needed
+    return {model_of(options)} | ({source} if (source := source_model(options)) else set())
 
 
 class Schedule:

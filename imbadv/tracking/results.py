@@ -35,7 +35,7 @@ class Evaluation:
     eps: float
     sampling: str
     class_id: int | None
-    source: str  # "self" or "balanced"
+    source: str  # "self", "balanced" or "peer" (the target's model of another seed)
     metrics: dict[str, float]
     confusion: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
     target_version: str = ""  # <name>/<version> of the attacked model
@@ -133,7 +133,7 @@ class StudyResults:
 def _evaluation(run: Run, attack_loss: str = "logits", images_per_class: int = 0) -> Evaluation | None:
     p = run.data.params
     source, attack = p.get(P + "source", ""), p.get(P + "attack", "")
-    if source not in ("self", "balanced") or attack not in STUDY_ATTACKS or p.get(P + "direction") != "ascent" \
+    if source not in ("self", "balanced", "peer") or attack not in STUDY_ATTACKS or p.get(P + "direction") != "ascent" \
             or p.get(P + "target_label", "") != "" or p.get(P + "attack_loss", "logits") != attack_loss \
             or int(p.get(P + "images_per_class", "0")) != images_per_class:
         return None
