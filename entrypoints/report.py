@@ -4,7 +4,7 @@ import sys
 
 from imbadv.cli import main
 
-FLAGS = ("--sweep",)  # boolean options: MLflow passes a value ("" or "true"), the CLI takes the bare flag
+FLAGS = ("--sweep", "--natural")  # boolean options: MLflow passes a value ("" or "true"), the CLI takes the bare flag
 TRUE, FALSE = ("true", "1", "yes"), ("", "false", "0", "no")
 
 

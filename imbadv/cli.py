@@ -155,14 +155,21 @@ def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noq
                "reproduce's --first-seed).")),
            sweep: bool = typer.Option(False, "--sweep", show_default=False, help=(
                "Write the sweep's report instead of Table 1 (each class over the imbalance ratio, the long-tailed "
-               "models; `imbadv sweep`'s runs) to <dataset>-<preset>-sweep/."))) -> None:
+               "models; `imbadv sweep`'s runs) to <dataset>-<preset>-sweep/.")),
+           natural: bool = typer.Option(False, "--natural", show_default=False, help=(
+               "Write the natural-imbalance report instead of Table 1 (per-class accuracy against training images, "
+               "rank correlations, the confusions attacks create, remedies; `imbadv natural`'s runs) to "
+               "<dataset>-<preset>-natural/."))) -> None:
     """Write the study's Table 1 beside the paper's, its figures and claim checks (reads runs only)."""
     from imbadv.report.output import run_report, run_report_from_files
 
     with _one_line_errors():
-        if sweep and results:
-            raise ConfigError("--sweep cannot be combined with --results: the sweep's report reads each model's "
-                              "training counts from the tracking store's registry; pass --preset and --data")
+        if sweep and natural:
+            raise ConfigError("--sweep and --natural are two reports: pass one of them")
+        if (sweep or natural) and results:
+            flag = "--sweep" if sweep else "--natural"
+            raise ConfigError(f"{flag} cannot be combined with --results: its report reads each model's training "
+                              "counts from the tracking store's registry; pass --preset and --data")
         if results:
             given = {"--preset": preset, "--data": data, "--attack-loss": attack_loss,
                      "--images-per-class": images_per_class}
@@ -180,6 +187,12 @@ def report(preset: Optional[str] = typer.Option(None, show_default=False,  # noq
 
             run_sweep_report(preset or SweepConfig.preset, data or SweepConfig.data, output_dir,
                              attack_loss or SweepConfig.attack_loss, images_per_class or 0)
+            return
+        if natural:
+            from imbadv.report.natural_output import run_natural_report
+
+            run_natural_report(preset or NaturalConfig.preset, data or NaturalConfig.data, output_dir,
+                               attack_loss or NaturalConfig.attack_loss, images_per_class or 0)
             return
         run_report(preset or StudyConfig.preset, data or StudyConfig.data, output_dir,
                    attack_loss or StudyConfig.attack_loss, images_per_class or 0)

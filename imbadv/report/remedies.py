@@ -5,7 +5,8 @@ attacked adjusted post hoc (`--posthoc`),
 per remedy, attack and box: the rare classes' clean accuracy and accuracy after the attack, the mean
 and worst of the attacked per-class accuracies, and the rare classes' difference from plain
 cross-entropy, paired by seed. The rare classes are the profile's cut ones: class c of `under`, every
-class but c of `over`, the last half by class id of `longtail` and `step` (the tail).
+class but c of `over`, the last half by class id of `longtail` and `step` (the tail), and of `natural`
+the half with the fewest training images.
 
 A "fake gain" (Wu et al., CVPR 2021: a remedy's PGD gain that AutoAttack takes back) is flagged where
 a remedy's white-box gain over cross-entropy under PGD exceeds its gain under AutoAttack by more than
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +32,18 @@ BOXES = {"self": "white-box", "balanced": "black-box", "peer": "black-box (peer)
 Profile = tuple[str, "int | None", "float | None"]  # (sampling, class_id, ratio)
 
 
-def rare_classes(sampling: str, class_id: int | None, num_classes: int) -> list[int]:
-    """The classes a profile cuts: class c (under), all but c (over), the last half by id (longtail, step)."""
+def rare_classes(sampling: str, class_id: int | None, num_classes: int,
+                 counts: Sequence[float] | None = None) -> list[int]:
+    """The classes a profile cuts: class c (under), all but c (over), the last half by id (longtail, step);
+    of a natural profile, the half with the fewest training images (`counts`, by class id)."""
     if sampling == "under":
         return [class_id]
     if sampling == "over":
         return [k for k in range(num_classes) if k != class_id]
+    if sampling == "natural":
+        if counts is None or len(counts) != num_classes:
+            return []
+        return sorted(sorted(range(num_classes), key=lambda k: (counts[k], k))[:num_classes // 2])
     return list(range(num_classes - num_classes // 2, num_classes))
 
 
@@ -81,8 +89,9 @@ def _attacked(e: Evaluation | None, num_classes: int) -> list[float]:
     return [v for k in range(num_classes) if math.isfinite(v := e.per_class(names.ADV_ACC, k))]
 
 
-def remedy_rows(results: StudyResults) -> list[RemedyRow]:
-    """Every profile that ran under a remedy beside plain cross-entropy, per remedy, attack, box and eps."""
+def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = None) -> list[RemedyRow]:
+    """Every profile that ran under a remedy beside plain cross-entropy, per remedy, attack, box and eps;
+    `natural_counts`: the natural profile's training images per class, which say its rare classes."""
     found: dict[tuple, Evaluation] = {}
     for e in results.evaluations:
         if e.sampling != "balanced":
@@ -94,7 +103,9 @@ def remedy_rows(results: StudyResults) -> list[RemedyRow]:
     rows = []
     for profile in sorted((p for p, r in remedies_of.items() if PLAIN in r and len(r) > 1),
                           key=lambda p: (p[0], -1 if p[1] is None else p[1], p[2] or 0.0)):
-        rare = rare_classes(profile[0], profile[1], num_classes)
+        rare = rare_classes(profile[0], profile[1], num_classes, natural_counts)
+        if not rare:
+            continue
         remedies = sorted(remedies_of[profile], key=lambda r: (r != PLAIN, r))
         for eps in results.eps_values:
             for attack in results.attacks:

@@ -103,23 +103,31 @@ class RankCorrelation:
         return f"{self.rho:.2f}" + (f" [{self.low:.2f}, {self.high:.2f}]" if math.isfinite(self.low) else "")
 
 
-@dataclass(frozen=True)
-class Longtail:
-    """One long-tailed model (ratio, eps): per class its training count and each measure's accuracy."""
+class ByCount:
+    """A model's per-class accuracies (`accuracy`, by measure) against its training counts (`counts`)."""
 
-    ratio: float
-    eps: float
     counts: list[float]  # per class id
     accuracy: dict[str, list[Estimate]]  # measure ("clean", "<box> <attack>") -> per class id
-    balanced: dict[str, Estimate]  # measure -> mean of the per-class accuracies, across seeds
 
     def correlation(self, measure: str) -> RankCorrelation:
+        """Spearman's rho between training count and accuracy over the classes, with its 95% interval."""
         return spearman(self.counts, [e.mean for e in self.accuracy[measure]])
 
     def worst(self, measure: str) -> int | None:
         means = [e.mean for e in self.accuracy[measure]]
         finite = [k for k, m in enumerate(means) if math.isfinite(m)]
         return min(finite, key=lambda k: means[k]) if finite else None
+
+
+@dataclass(frozen=True)
+class Longtail(ByCount):
+    """One long-tailed model (ratio, eps): per class its training count and each measure's accuracy."""
+
+    ratio: float
+    eps: float
+    counts: list[float]
+    accuracy: dict[str, list[Estimate]]
+    balanced: dict[str, Estimate]  # measure -> mean of the per-class accuracies, across seeds
 
 
 def _direction(estimate: Estimate) -> str:

@@ -24,6 +24,7 @@ from imbadv.report.sweep import CLEAN, NAN, PROFILES, Longtail, Point, seeds_tex
 from imbadv.tracking.results import StudyResults
 
 LINES = ("-", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))  # one per attack, in the report's order
+MARKERS = ("s", "^", "D", "v", "P")  # one per attack: where many classes leave no room for lines
 
 
 def _x(profile: str, ratio: float) -> float:
@@ -85,22 +86,33 @@ def class_figure(results: StudyResults, points: list[Point], c: int, eps: float,
 def longtail_figure(results: StudyResults, longtail: Longtail, path: Path) -> Path:
     """Per-class accuracy against the class's training count (log), one line per measure, each labelled
     with Spearman's rho, its worst class and its balanced accuracy."""
+    labels = {m: _longtail_label(results, longtail, m) for m in longtail.accuracy}
+    title = (f"Long-tailed model, ratio {longtail.ratio:g}, eps={longtail.eps:g}\n{results.dataset}, "
+             f"{results.preset} preset, {seeds_text(results)}")
+    return count_figure(results, longtail.counts, longtail.accuracy, labels, title, path)
+
+
+def count_figure(results: StudyResults, counts: list[float], accuracy: dict[str, list[Estimate]],
+                 labels: dict[str, str], title: str, path: Path) -> Path:
+    """Per-class accuracy (by measure: "clean", "<box> <attack>") against each class's training count (log
+    axis), classes named at their clean accuracy; `labels`: each measure's legend entry."""
     fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
-    order = sorted((x, k) for k, x in enumerate(longtail.counts) if math.isfinite(x))
+    order = sorted((x, k) for k, x in enumerate(counts) if math.isfinite(x))
     xs = [x for x, _ in order]
-    for measure, row in longtail.accuracy.items():
+    for measure, row in accuracy.items():
         box, _, attack = measure.partition(" ")  # "clean", or "<box> <attack>"
         color = {"white-box": "C3", "black-box": "C0"}.get(box, "k")
         style = "--" if measure == CLEAN else LINES[results.attacks.index(attack) % len(LINES)]
         means = np.array([row[k].mean for _, k in order], dtype=float) * 100
         intervals = np.array([row[k].interval for _, k in order], dtype=float).reshape(-1, 2) * 100
         errors = np.nan_to_num(np.abs(intervals - means[:, None]).T)
-        ax.errorbar(xs, means, yerr=errors, fmt="o", linestyle=style, color=color, capsize=2, markersize=4,
-                    label=_longtail_label(results, longtail, measure))
-    clean = longtail.accuracy[CLEAN]
+        marker = "o" if measure == CLEAN else MARKERS[results.attacks.index(attack) % len(MARKERS)]
+        ax.errorbar(xs, means, yerr=errors, fmt=marker, linestyle=style if len(xs) <= 12 else "none", color=color,
+                    capsize=2, markersize=4, label=labels[measure])
+    clean = accuracy[CLEAN]
     for x, k in order:
-        ax.annotate(results.class_names[k], (x, clean[k].mean * 100), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.annotate(results.class_names[k], (x, clean[k].mean * 100), fontsize=7 if len(xs) <= 12 else 5,
+                    xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.margins(x=0.08)
     ax.set_xlabel("images the class trained on (log scale)")
@@ -108,8 +120,7 @@ def longtail_figure(results: StudyResults, longtail: Longtail, path: Path) -> Pa
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below: the lines keep the width
-    ax.set_title(f"Long-tailed model, ratio {longtail.ratio:g}, eps={longtail.eps:g}\n{results.dataset}, "
-                 f"{results.preset} preset, {seeds_text(results)}")
+    ax.set_title(title)
     return _save(fig, path)
 
 

@@ -269,6 +269,19 @@ def _html(title: str, warning: str, blocks: list[Block]) -> str:
             f"<style>{style}</style><script>{script}</script></head><body>{''.join(parts)}</body></html>")
 
 
+def check_report_options(attack_loss: str, images_per_class: int) -> None:
+    if attack_loss not in ("logits", "keras"):
+        raise ConfigError(f"unknown attack loss {attack_loss!r}: use logits or keras")
+    if images_per_class < 0:
+        raise ConfigError(f"images per class {images_per_class} is negative: pass 0 (all) or more")
+
+
+def report_folder(output_dir: str, name: str, attack_loss: str, images_per_class: int) -> Path:
+    """`<output_dir>/<name>`, `-keras-loss` and `-<N>-per-class` appended as for Table 1."""
+    name += "" if attack_loss == "logits" else "-keras-loss"
+    return Path(output_dir) / (name + (f"-{images_per_class}-per-class" if images_per_class else ""))
+
+
 def run_sweep_report(preset: str, data: str, output_dir: str, attack_loss: str = "logits",
                      images_per_class: int = 0) -> Path:
     """Read a sweep's finished runs and write its report to `<output_dir>/<dataset>-<preset>-sweep/`
@@ -277,10 +290,7 @@ def run_sweep_report(preset: str, data: str, output_dir: str, attack_loss: str =
     from imbadv.tracking.results import load_results
 
     dataset = dataset_name(data)
-    if attack_loss not in ("logits", "keras"):
-        raise ConfigError(f"unknown attack loss {attack_loss!r}: use logits or keras")
-    if images_per_class < 0:
-        raise ConfigError(f"images per class {images_per_class} is negative: pass 0 (all) or more")
+    check_report_options(attack_loss, images_per_class)
     everything = load_results(dataset, preset, with_confusions=False, attack_loss=attack_loss,
                               images_per_class=images_per_class, paper_models=False)
     results = everything.plain_models()
@@ -290,8 +300,7 @@ def run_sweep_report(preset: str, data: str, output_dir: str, attack_loss: str =
         raise ConfigError(f"no finished sweep evaluations (ratios other than the paper's, or long-tailed models) of "
                           f"{dataset} with preset {preset}{option} in this tracking store: run `imbadv sweep --preset "
                           f"{preset} --data {data}{option}` first")
-    name = f"{dataset}-{preset}-sweep" + ("" if attack_loss == "logits" else "-keras-loss")
-    folder = Path(output_dir) / (name + (f"-{images_per_class}-per-class" if images_per_class else ""))
+    folder = report_folder(output_dir, f"{dataset}-{preset}-sweep", attack_loss, images_per_class)
     write_sweep_report(results, folder, registered_train_counts(results), remedy_rows(everything))
     write_results_file(everything, folder / RESULTS_FILE, attack_loss)
     print(f"sweep report written to {folder}/report.html")

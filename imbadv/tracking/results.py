@@ -190,7 +190,8 @@ def check_one_version_per_model(evaluations: list[Evaluation]) -> None:
     """Refuse results whose evaluations of one seed attack, or attack from, several versions of a model."""
     seen: dict[tuple[int, str], set[str]] = {}
     for e in evaluations:
-        for model_version in (e.target_version, e.source_version):
+        # a peer source is another seed's model: its seed's own evaluations check its version
+        for model_version in (e.target_version, "" if e.source == "peer" else e.source_version):
             name, _, version = model_version.rpartition("/")
             if name:
                 seen.setdefault((e.seed, name), set()).add(version)
