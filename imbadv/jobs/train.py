@@ -26,7 +26,7 @@ from imbadv.core.data import DataError, ImageDataset, sha256_file
 from imbadv.core.group import TrainingGroup
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
-from imbadv.core.model import VGG, weights_sha256
+from imbadv.core.model import VGG, input_statistics, weights_sha256
 from imbadv.core.remedies import remedy_values
 from imbadv.core.sampling import Split, sample_split
 from imbadv.core.trainer import initial_network, train
@@ -123,17 +123,20 @@ def _train_network(config: TrainConfig, dataset: ImageDataset, split: Split, dev
                    checkpoint: dict | None, group: TrainingGroup | None = None) -> VGG:
     log.text("\n".join(map(str, split.train.tolist())), names.TRAIN_INDICES_ARTIFACT)
     log.text("\n".join(map(str, split.val.tolist())), names.VAL_INDICES_ARTIFACT)
+    mean, std = input_statistics(dataset.class_names, dataset.train_mean, dataset.train_std)
     whole = "" if dataset.train_groups is None else " in whole groups"
     log.params({"train_images": len(split.train), "val_images": len(split.val),
                 "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images{whole}"
                               if config.val_fraction else "none"),
                 "train_counts": train_counts(dataset.train_labels, split, dataset.num_classes),
-                "init_seed": config.init_seed})
+                "init_seed": config.init_seed,
+                names.PARAM_NORMALIZE_MEAN: ",".join(map(repr, mean)),
+                names.PARAM_NORMALIZE_STD: ",".join(map(repr, std))})
     if config.loss != "ce" or config.resample != "none":
         counts = torch.bincount(torch.from_numpy(dataset.train_labels[split.train]), minlength=dataset.num_classes)
         log.text(json.dumps(remedy_values(config, counts), indent=1), names.REMEDY_ARTIFACT)
 
-    network = initial_network(config, dataset.num_classes).to(device)
+    network = initial_network(config, dataset.num_classes, mean, std).to(device)
     log.tags({names.TAG_INIT_SHA256: weights_sha256(network)})
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
