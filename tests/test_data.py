@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR10_CLASSES, make_slice
-from imbadv.core.data import CACHE_FORMAT, DataError, arrays_digest, channel_stats, dataset_name, load_dataset
+from imbadv.config import ConfigError
+from imbadv.core.data import (CACHE_FORMAT, DataError, arrays_digest, channel_stats, class_id_of, dataset_name,
+                              load_dataset)
 
 # Digests of CIFAR-10 data before datasets carried groups and statistics: registered models and finished
 # runs name their data by these, so they must not change.
@@ -100,6 +102,16 @@ def test_prefixed_folders_name_classes_without_the_prefix_and_a_manifest_groups_
     assert grouped.digest != plain.digest and np.array_equal(grouped.train_images, plain.train_images)
     _manifest(root, column="source")  # no group column: no groups
     assert load_dataset(str(root), tmp_path / "cache").train_groups is None
+
+
+def test_a_class_is_named_by_its_id_or_by_its_datasets_name(tmp_path):
+    root = _tree(tmp_path / "signs", {"00-speed-limit-20": 1, "14-stop": 1}, {"00-speed-limit-20": 1, "14-stop": 1})
+    assert class_id_of("stop", str(root), tmp_path / "cache") == 1 == class_id_of("1", str(root), tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown class 'cat': pass a class id \(0-1\) or one of this dataset's "
+                                          r"class names \(speed-limit-20, stop\)"):
+        class_id_of("cat", str(root), tmp_path / "cache")
+    assert class_id_of("Cat", "cifar10", tmp_path / "nothing") == 3  # CIFAR-10's names need no download
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_a_training_image_missing_from_the_manifest_is_named(tmp_path):

@@ -29,7 +29,7 @@ import filelock
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imbadv.config import first_line
+from imbadv.config import CIFAR10_CLASSES, first_line, parse_class_id
 
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -92,6 +92,22 @@ def load_dataset(data: str, cache_dir: str | Path) -> ImageDataset:
             test_images=arrays["test_images"], test_labels=arrays["test_labels"],
             digest=str(arrays["digest"]), train_mean=tuple(arrays["train_mean"].tolist()),
             train_std=tuple(arrays["train_std"].tolist()), train_groups=groups)
+
+
+def dataset_class_names(data: str, cache_dir: str | Path) -> tuple[str, ...]:
+    """`data`'s class names in label order, without reading its pixels (decoded into the cache if absent)."""
+    if data == "cifar10":
+        return CIFAR10_CLASSES  # torchvision's order: naming a class needs no download
+    with np.load(_cache_entry(data, Path(cache_dir).expanduser()), allow_pickle=False) as arrays:
+        return tuple(str(c) for c in arrays["class_names"])
+
+
+def class_id_of(value: str | int | None, data: str, cache_dir: str | Path) -> int | None:
+    """`--class-id` as a label: an id as given; a name among `data`'s class names (CIFAR-10's known
+    without loading it, any other dataset's once its folders are read)."""
+    if value is None or isinstance(value, int) or value.strip().lstrip("-").isdigit() or data == "cifar10":
+        return parse_class_id(value)
+    return parse_class_id(value, dataset_class_names(data, cache_dir))
 
 
 def _cache_entry(data: str, cache: Path) -> Path:
