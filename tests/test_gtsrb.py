@@ -113,9 +113,11 @@ def test_a_cut_class_keeps_whole_tracks_but_the_last_and_seeds_draw_other_tracks
 
 def test_a_class_cut_to_one_track_cannot_hold_a_track_out(gtsrb):
     config = TrainConfig(sampling="under", class_id=STOP, majority_count=90)  # stop keeps 18 frames of one track
-    with pytest.raises(ConfigError, match="class 2 keeps 18 images of a single group") as error:
+    with pytest.raises(ConfigError, match="class 2 keeps 18 images in 1 group, all held out by the validation "
+                                          "split of whole groups: raise --majority-count"):
         sample_split(gtsrb.train_labels, config, 4, gtsrb.train_groups)
-    assert "--val-fraction 0" in str(error.value)
+    with pytest.raises(ConfigError, match="class 0 keeps 90 images in 3 groups, all held out"):
+        sample_split(gtsrb.train_labels, TrainConfig(sampling="natural", val_fraction=0.9), 4, gtsrb.train_groups)
     split = sample_split(gtsrb.train_labels, TrainConfig(sampling="under", class_id=STOP, majority_count=90,
                                                          val_fraction=0), 4, gtsrb.train_groups)
     assert np.bincount(gtsrb.train_labels[split.train]).tolist() == [90, 90, 18, 90]

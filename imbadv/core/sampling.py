@@ -101,8 +101,10 @@ def sample_split(labels: np.ndarray, config: TrainConfig, num_classes: int,
         else:
             val, train = _whole_groups(pool, groups[pool], count, n_val, rng)
             if n_val and not len(train):
-                raise ConfigError(f"class {k} keeps {count} images of a single group: a validation split of whole "
-                                  "groups needs two; raise --majority-count, lower --ratio or pass --val-fraction 0")
+                kept = len(np.unique(groups[val]))
+                raise ConfigError(f"class {k} keeps {count} images in {kept} group{'s' if kept > 1 else ''}, all held "
+                                  "out by the validation split of whole groups: raise --majority-count, lower --ratio "
+                                  "or lower --val-fraction (0: none held out)")
         if len(train) < MIN_TRAIN_IMAGES:
             raise ConfigError(f"class {k} keeps {count} images, {len(train)} to train on after the validation "
                               f"split: fewer than {MIN_TRAIN_IMAGES}; lower --ratio, raise --majority-count or "
