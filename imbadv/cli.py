@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 import typer
 
-from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, TrainConfig, parse_class_id, preset_values,
-                           resolve_evaluate_config, resolve_train_config)
+from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, ModelSelection, TrainConfig,
+                           default_cache_dir, preset_values, resolve_evaluate_config, resolve_train_config)
 from imbadv.study.config import NaturalConfig, StudyConfig, SweepConfig
 
 app = typer.Typer(help="Gradient-sign attacks on class-imbalanced CIFAR-10 classifiers, tracked in MLflow.",
@@ -95,8 +95,11 @@ def config_command(cls: type, job: Callable[..., Any],
 
     def command(**options: Any) -> None:
         with _one_line_errors():
-            if "class_id" in options:
-                options["class_id"] = parse_class_id(options["class_id"])
+            if "class_id" in options:  # a name needs the dataset's class names: numpy and Pillow, not torch
+                from imbadv.core.data import class_id_of
+
+                options["class_id"] = class_id_of(options["class_id"], options.get("data") or ModelSelection.data,
+                                                  options.get("cache_dir") or default_cache_dir())
             job(**options)
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -45,17 +46,22 @@ class ConfigError(ValueError):
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def parse_class_id(value: str | int | None) -> int | None:
-    """A class id from an id (`3`) or a CIFAR-10 class name (`cat`)."""
+def parse_class_id(value: str | int | None, class_names: Sequence[str] = CIFAR10_CLASSES) -> int | None:
+    """A class id from an id (`3`) or one of the dataset's `class_names`, any case (CIFAR-10's `cat` by
+    default; another dataset's names are known once its folders are read: `imbadv.core.data.class_id_of`)."""
     if value is None or isinstance(value, int):
         return value
     text = value.strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    if text.lower() in CIFAR10_CLASSES:
-        return CIFAR10_CLASSES.index(text.lower())
-    raise ConfigError(f"unknown class {value!r}: pass a class id (0-9 for CIFAR-10) or a CIFAR-10 class name "
-                      f"({', '.join(CIFAR10_CLASSES)})")
+    lowered = [name.lower() for name in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    if tuple(class_names) == CIFAR10_CLASSES:
+        raise ConfigError(f"unknown class {value!r}: pass a class id (0-9 for CIFAR-10) or a CIFAR-10 class name "
+                          f"({', '.join(CIFAR10_CLASSES)})")
+    raise ConfigError(f"unknown class {value!r}: pass a class id (0-{len(class_names) - 1}) or one of this "
+                      f"dataset's class names ({', '.join(class_names)})")
 
 
 # Section 3.1: a class of 5,000 images cut to 1,000, the imbalance ratio of every paper model.
@@ -114,8 +120,8 @@ class ModelSelection:
         "half of the classes at majority-count / ratio, Buda et al. 2018) or 'natural' (every training image, "
         "as the dataset has it)."))
     class_id: int | None = field(default=None, metadata=_help(
-        "The under- or over-sampled class: a 0-based label or a CIFAR-10 class name (cat); required unless "
-        "sampling=balanced."))
+        "The under- or over-sampled class: a 0-based label or a class name of the dataset (CIFAR-10's cat, "
+        "GTSRB's stop); required unless sampling=balanced."))
     ratio: float | None = field(default=None, metadata=_help(
         "Imbalance ratio of under, over, longtail and step: the largest class's count over the smallest's "
         "(default: section 3.1's 5, a class of 5,000 cut to 1,000); balanced and natural take none."))
@@ -154,6 +160,9 @@ class ModelSelection:
                 raise ConfigError(f"ratio {self.ratio} is not above 1 (ratio 1 is the balanced model): pass "
                                   "--sampling balanced, or e.g. --ratio 20")
             object.__setattr__(self, "ratio", ratio)  # one identity for the paper's ratio, given or not
+        if isinstance(self.class_id, str):
+            raise ConfigError(f"class id {self.class_id!r} is a name: pass its label, e.g. "
+                              "imbadv.core.data.class_id_of(name, data, cache_dir)")
         if self.class_id is not None and self.class_id < 0:
             raise ConfigError(f"class id {self.class_id} is negative: pass a label from 0 to classes-1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

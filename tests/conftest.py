@@ -4,7 +4,8 @@ MLflow store, a real `mlflow server`.
 Tests that only need the plumbing (loading, training, registering, attacking) use `synthetic_data`.
 Tests that need real images use `shared_archive`, `extracted` or `small_data`: they need the CIFAR-10
 archive (IMBADV_TEST_DATA) and carry the `cifar10` marker, added at collection (`-m "not cifar10"`
-leaves them out).
+leaves them out). Tests of GTSRB's shape (class-folder prefixes, tracks, natural imbalance) use
+`gtsrb_small`, a slice streamed out of the GTSRB archive (IMBADV_TEST_GTSRB; marker `gtsrb`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = Path(os.environ.get(
     "IMBADV_TEST_DATA", REPO.parent / "shared" / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"))
 
+SHARED_GTSRB = Path(os.environ.get(
+    "IMBADV_TEST_GTSRB", REPO.parent / "shared" / "datasets" / "gtsrb32" / "gtsrb32.tar.gz"))
+# The GTSRB slice: training tracks kept per class folder (every frame of each), the rarest class (0), the most
+# common (2) and two between; and test images per class.
+GTSRB_SLICE_TRACKS = {"00-speed-limit-20": 3, "02-speed-limit-50": 5, "14-stop": 4, "19-curve-left": 3}
+GTSRB_SLICE_TEST = 10
+
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -37,12 +45,16 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cifar10: needs the CIFAR-10 archive named by IMBADV_TEST_DATA (added "
                                        "to every test that uses it)")
+    config.addinivalue_line("markers", "gtsrb: needs the GTSRB archive named by IMBADV_TEST_GTSRB (added to every "
+                                       "test that uses it)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "shared_archive" in getattr(item, "fixturenames", ()):  # also through `extracted` or `small_data`
             item.add_marker(pytest.mark.cifar10)
+        if "gtsrb_archive" in getattr(item, "fixturenames", ()):  # also through `gtsrb_small`
+            item.add_marker(pytest.mark.gtsrb)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +145,66 @@ def small_data(extracted, tmp_path_factory) -> Path:
     """A 10-class slice of real CIFAR-10 images: 120 train and 30 test images per class; needs the archive.
     Tests that only need the plumbing use `synthetic_data`."""
     return make_slice(extracted, tmp_path_factory.mktemp("data") / "cifar10-small", 120, 30)
+
+
+@pytest.fixture(scope="session")
+def gtsrb_archive() -> Path:
+    """The GTSRB archive (IMBADV_TEST_GTSRB)."""
+    if not SHARED_GTSRB.exists():
+        raise FileNotFoundError(f"the test data {SHARED_GTSRB} is missing: set IMBADV_TEST_GTSRB to the GTSRB "
+                                "archive (gtsrb32.tar.gz)")
+    return SHARED_GTSRB
+
+
+def make_gtsrb_slice(archive: Path, dest: Path, tracks: dict[str, int], test_per_class: int) -> Path:
+    """A GTSRB-shaped tree streamed out of the archive, nothing else unpacked: for each class folder in
+    `tracks`, every frame of its first N training tracks and its first `test_per_class` test images, and
+    `manifest.csv` with the rows of those files."""
+    def members(tar: tarfile.TarFile) -> Iterator[tuple[str, tarfile.TarInfo]]:
+        for member in tar:
+            yield member.name.removeprefix("./"), member
+
+    with tarfile.open(archive, "r:gz") as tar:  # the manifest comes first: read it, stop
+        manifest = next(tar.extractfile(m) for name, m in members(tar) if name == "manifest.csv")
+        header, *rows = [line.split(",") for line in manifest.read().decode().splitlines()]
+    column = {name: i for i, name in enumerate(header)}
+    kept_tracks: dict[str, list[str]] = {folder: [] for folder in tracks}
+    tests: dict[str, int] = dict.fromkeys(tracks, 0)
+    wanted = []
+    for row in rows:
+        split, path = row[column["split"]], row[column["path"]]
+        folder = path.split("/")[1]
+        if folder not in tracks:
+            continue
+        if split == "train":
+            track, kept = row[column["track"]], kept_tracks[folder]
+            if track not in kept and len(kept) < tracks[folder]:
+                kept.append(track)
+            if track in kept:
+                wanted.append(row)
+        elif tests[folder] < test_per_class:
+            tests[folder] += 1
+            wanted.append(row)
+    paths = {row[column["path"]] for row in wanted}
+    with tarfile.open(archive, "r:gz") as tar:
+        for name, member in members(tar):
+            if name in paths:
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                (dest / name).write_bytes(tar.extractfile(member).read())
+                paths.discard(name)
+                if not paths:
+                    break
+    assert not paths, f"{len(paths)} files of the manifest are missing from {archive}"
+    (dest / "manifest.csv").write_text("\n".join(",".join(row) for row in [header, *wanted]) + "\n")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def gtsrb_small(gtsrb_archive, tmp_path_factory) -> Path:
+    """A GTSRB slice (`GTSRB_SLICE_TRACKS`: 450 training images in 15 tracks of 4 classes, 40 test images)
+    named like the dataset (`gtsrb32-small`); streamed out of the archive once per session."""
+    return make_gtsrb_slice(gtsrb_archive, tmp_path_factory.mktemp("gtsrb") / "gtsrb32-small", GTSRB_SLICE_TRACKS,
+                            GTSRB_SLICE_TEST)
 
 
 STATE_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")

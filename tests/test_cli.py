@@ -89,12 +89,14 @@ def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str, bool]]:
         (["evaluate", *base, "--data", str(data), "--eps", "-0.1"], "eps -0.1 is outside [0, 1]", False),
         (["evaluate", *base, "--data", str(data), "--eps", "1.5"], "eps 1.5 is outside [0, 1]", False),
         (["evaluate", *base, "--data", str(data), "--attack", "ifgsm", "--steps", "0"], "steps 0 is below 1", False),
-        # found once the data or the registry is read, inside the run
+        # found once the data is read, before a training's run starts
         (["train", *base, "--data", str(data), "--sampling", "under", "--class-id", "12"], "class id 12 is outside",
-         True),
-        (["train", *base, "--data", str(tmp / "nowhere")], "does not exist", True),
-        (["train", *base, "--data", str(not_a_tree)], "is not an image-folder tree", True),
-        (["train", *base, "--data", str(corrupt)], "is corrupted or not a .tar.gz", True),
+         False),
+        (["train", *base, "--data", str(data), "--majority-count", "121"], "lower --majority-count to 120", False),
+        (["train", *base, "--data", str(tmp / "nowhere")], "does not exist", False),
+        (["train", *base, "--data", str(not_a_tree)], "is not an image-folder tree", False),
+        (["train", *base, "--data", str(corrupt)], "is corrupted or not a .tar.gz", False),
+        # found once the registry is read, inside the evaluation's run
         (["evaluate", *base, "--data", str(data), "--seed", "99"], "is not in the registry", True),
         (["evaluate", *base, "--data", str(data), "--source", "models:/imbadv-nothing@smoke-s0"],
          "is not in the registry", True),

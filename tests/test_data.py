@@ -19,7 +19,14 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR10_CLASSES, make_slice
-from imbadv.core.data import DataError, dataset_name, load_dataset
+from imbadv.config import ConfigError
+from imbadv.core.data import (CACHE_FORMAT, DataError, arrays_digest, channel_stats, class_id_of, dataset_name,
+                              load_dataset)
+
+# Digests of CIFAR-10 data before datasets carried groups and statistics: registered models and finished
+# runs name their data by these, so they must not change.
+SYNTHETIC_DIGEST = "3e2165b51ccad5c3fa3a515091e92e47ceccc1b0c14099920abf1997245af2f3"  # write_synthetic_tree(120, 30)
+CIFAR10_JPEG_DIGEST = "33555c148c67ed1168229bcf5d06c2fe67be8fbe572b6fe8bb33db07adaead27"
 
 
 @pytest.mark.slow
@@ -32,6 +39,7 @@ def test_shared_archive_loads_whole_and_in_label_order(shared_archive, session_c
     assert np.bincount(dataset.train_labels).tolist() == [5000] * 10
     assert np.bincount(dataset.test_labels).tolist() == [1000] * 10
     assert len(list((session_cache / "extracted").iterdir())) == 1  # unpacked once, keyed by SHA-256
+    assert dataset.digest == CIFAR10_JPEG_DIGEST and dataset.train_groups is None
     again = load_dataset(str(shared_archive), session_cache)  # from the array cache
     assert again.digest == dataset.digest
     assert np.array_equal(again.test_images, dataset.test_images)
@@ -58,6 +66,65 @@ def test_digest_changes_with_the_pixels(synthetic_data, tmp_path):
     a = load_dataset(str(make_slice(synthetic_data, tmp_path / "a" / "d", 3, 2)), tmp_path / "cache")
     b = load_dataset(str(make_slice(synthetic_data, tmp_path / "b" / "d", 4, 2)), tmp_path / "cache")
     assert a.digest != b.digest
+
+
+def test_a_cifar10_tree_keeps_its_names_digest_and_splits(synthetic_data, tmp_path):
+    dataset = load_dataset(str(synthetic_data), tmp_path / "cache")
+    assert dataset.class_names == CIFAR10_CLASSES and dataset.train_groups is None
+    assert dataset.digest == SYNTHETIC_DIGEST == arrays_digest(
+        CIFAR10_CLASSES, dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels)
+    assert [p.parent.name for p in (tmp_path / "cache" / "arrays").rglob("*.npz")] == [CACHE_FORMAT]
+
+
+def test_channel_statistics_are_numpys():
+    images = np.random.default_rng(0).integers(0, 256, (300, 3, 32, 32), dtype=np.uint8)
+    mean, std = channel_stats(images, chunk=64)
+    pixels = images.astype(np.float64) / 255
+    np.testing.assert_allclose(mean, pixels.mean(axis=(0, 2, 3)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(axis=(0, 2, 3)), rtol=0, atol=1e-12)
+
+
+def _manifest(root: Path, column: str = "track", skip: int = 0) -> None:
+    """A manifest giving train image i of each class the group i // 2 (the last `skip` rows left out)."""
+    rows = [f"train/{c.name}/{f.name},{i // 2}" for c in sorted((root / "train").iterdir())
+            for i, f in enumerate(sorted(c.iterdir()))]
+    (root / "manifest.csv").write_text("\n".join([f"path,{column}", *rows[:len(rows) - skip]]) + "\n")
+
+
+def test_prefixed_folders_name_classes_without_the_prefix_and_a_manifest_groups_the_training_images(tmp_path):
+    root = _tree(tmp_path / "signs", {"00-speed-limit-20": 4, "01-stop": 3, "yield": 2},
+                 {"00-speed-limit-20": 1, "01-stop": 1, "yield": 1})
+    plain = load_dataset(str(root), tmp_path / "cache")
+    assert plain.class_names == ("speed-limit-20", "stop", "yield") and plain.train_groups is None
+    _manifest(root)
+    grouped = load_dataset(str(root), tmp_path / "cache")  # a new manifest is new data
+    assert grouped.train_groups.tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 4]  # (class, group) pairs, numbered in order
+    assert grouped.digest != plain.digest and np.array_equal(grouped.train_images, plain.train_images)
+    _manifest(root, column="source")  # no group column: no groups
+    assert load_dataset(str(root), tmp_path / "cache").train_groups is None
+
+
+def test_a_class_is_named_by_its_id_or_by_its_datasets_name(tmp_path):
+    root = _tree(tmp_path / "signs", {"00-speed-limit-20": 1, "14-stop": 1}, {"00-speed-limit-20": 1, "14-stop": 1})
+    assert class_id_of("stop", str(root), tmp_path / "cache") == 1 == class_id_of("1", str(root), tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown class 'cat': pass a class id \(0-1\) or one of this dataset's "
+                                          r"class names \(speed-limit-20, stop\)"):
+        class_id_of("cat", str(root), tmp_path / "cache")
+    assert class_id_of("Cat", "cifar10", tmp_path / "nothing") == 3  # CIFAR-10's names need no download
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_training_image_missing_from_the_manifest_is_named(tmp_path):
+    root = _tree(tmp_path / "signs", {"00-a": 2, "01-b": 2}, {"00-a": 1, "01-b": 1})
+    _manifest(root, skip=1)
+    with pytest.raises(DataError, match=r"training image train/01-b/1\.png has no row in .*manifest\.csv"):
+        load_dataset(str(root), tmp_path / "cache")
+
+
+def test_two_folders_of_one_class_name_are_refused(tmp_path):
+    root = _tree(tmp_path / "signs", {"01-stop": 1, "02-stop": 1}, {"01-stop": 1, "02-stop": 1})
+    with pytest.raises(DataError, match=r"name the classes \['stop'\] twice"):
+        load_dataset(str(root), tmp_path / "cache")
 
 
 def test_dataset_names():

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from imbadv.core.model import CIFAR10_MEAN, CIFAR10_STD, VGG, Normalize, VGGSpec
+from imbadv.config import CIFAR10_CLASSES, TrainConfig
+from imbadv.core.model import CIFAR10_MEAN, CIFAR10_STD, VGG, Normalize, VGGSpec, input_statistics
+from imbadv.core.trainer import initial_network
 
 WIDTH = 4
 DENSE = 32
@@ -106,6 +108,17 @@ def test_normalisation_statistics_travel_in_the_state_dict(model):
     state = model.state_dict()
     assert torch.allclose(state["features.0.mean"].flatten(), torch.tensor(CIFAR10_MEAN))
     assert torch.allclose(state["features.0.std"].flatten(), torch.tensor(CIFAR10_STD))
+
+
+def test_cifar10_keeps_its_constants_and_another_dataset_normalises_by_its_own_statistics():
+    own = ((0.3398, 0.3117, 0.321), (0.2755, 0.2647, 0.2712))  # GTSRB's training set
+    assert input_statistics(CIFAR10_CLASSES, *own) == (CIFAR10_MEAN, CIFAR10_STD)
+    assert input_statistics(("stop", "yield"), *own) == own
+    assert input_statistics(CIFAR10_CLASSES[:5], *own) == own  # a slice of CIFAR-10 is data of its own
+    network = initial_network(TrainConfig(width=2, dense_units=8), 2, *own)
+    assert (network.spec.mean, network.spec.std) == own
+    assert torch.allclose(network.state_dict()["features.0.mean"].flatten(), torch.tensor(own[0]))
+    assert initial_network(TrainConfig(width=2, dense_units=8), 10).spec.mean == CIFAR10_MEAN
 
 
 def test_custom_mean_std_are_used():

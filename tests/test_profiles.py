@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imbadv.config import PAPER_RATIO, ConfigError, EvaluateConfig, TrainConfig, model_label
-from imbadv.core.sampling import class_counts, sample_split
+from imbadv.core.sampling import class_counts, largest_majority_count, sample_split
 from imbadv.tracking.names import registered_model_name
 from imbadv.tracking.provenance import CODE_PARTS
 
@@ -55,6 +55,24 @@ def test_counts_a_dataset_cannot_give_name_the_largest_it_can():
     labels = np.repeat(np.arange(3), [210, 400, 500])
     with pytest.raises(ConfigError, match="lower --majority-count to 210 or less"):
         sample_split(labels, TrainConfig(sampling="balanced", majority_count=300), 3)
+    with pytest.raises(ConfigError, match="class 0 has 210 training images, fewer than the 220 asked: lower "
+                                          "--majority-count to 500 or less"):  # class 2's 500, not the smallest's 210
+        sample_split(labels, TrainConfig(sampling="over", class_id=2, majority_count=1100), 3)
+
+
+@pytest.mark.parametrize(("sampling", "class_id", "ratio"), [
+    ("balanced", None, None), ("under", 0, 5.0), ("under", 2, 5.0), ("over", 1, 5.0), ("over", 0, 2.5),
+    ("longtail", None, 10.0), ("longtail", None, 100.0), ("step", None, 3.0),
+])
+def test_the_largest_majority_count_is_the_largest_that_fits(sampling, class_id, ratio):
+    available = [210, 2250, 400, 5000, 37]
+
+    def fit(m: int) -> bool:
+        return all(w <= a for w, a in zip(class_counts(sampling, class_id, 5, m, ratio, available), available,
+                                          strict=True))
+
+    fits = [m for m in range(5001) if fit(m)]
+    assert largest_majority_count(sampling, class_id, available, ratio) == max(fits)
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -2,13 +2,20 @@
 
 `cifar10` is torchvision's CIFAR-10 (downloaded into the cache); a directory is an image-folder
 tree (`train/<class>/*`, `test/<class>/*`); a `.tar.gz` holds such a tree and is unpacked once,
-keyed by its SHA-256. Class order is the sorted class names, which for CIFAR-10 is its label order.
+keyed by its SHA-256. Class order is the sorted class folders, which for CIFAR-10 is its label order;
+a folder's `NN-` prefix orders it and is not part of the class name (GTSRB's `14-stop` is `stop`).
+
+Beside the pixels the cache holds the training set's per-channel mean and standard deviation and,
+when the tree ships a `manifest.csv` with a `group` or `track` column, each training image's group:
+frames of one physical sign (GTSRB's tracks) that a validation split must keep whole.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -16,17 +23,21 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import filelock
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imbadv.config import first_line
+from imbadv.config import CIFAR10_CLASSES, first_line, parse_class_id
 
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
-CACHE_FORMAT = "v1"  # bump when the cached array layout changes
+CACHE_FORMAT = "v2"  # bump when the cached array layout changes (v2: training-set statistics, groups)
+CLASS_PREFIX = re.compile(r"^\d+-(?=.)")  # `14-stop`: the id that orders the folders, not part of the name
+MANIFEST = "manifest.csv"  # beside train/ and test/: one row per image, `path` relative to the tree's root
+GROUP_COLUMNS = ("group", "track")  # the manifest column naming an image's group (within its class)
 
 
 class DataError(ValueError):
@@ -35,7 +46,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """A train/test split as uint8 arrays of shape (N, 3, 32, 32) with int64 labels."""
+    """A train/test split as uint8 arrays of shape (N, 3, 32, 32) with int64 labels.
+
+    `train_mean` and `train_std` are the training images' per-channel (R, G, B) statistics on the
+    0-1 scale; `train_groups` is an int64 group id per training image (unique across classes), or
+    None when the data names no groups.
+    """
 
     name: str
     source: str
@@ -45,6 +61,9 @@ class ImageDataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     digest: str
+    train_mean: tuple[float, ...]
+    train_std: tuple[float, ...]
+    train_groups: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -64,9 +83,37 @@ def dataset_name(data: str) -> str:
 
 def load_dataset(data: str, cache_dir: str | Path) -> ImageDataset:
     """Load `data` ('cifar10', an image-folder directory or a .tar.gz of one) via the array cache."""
-    cache = Path(cache_dir).expanduser()
+    with np.load(_cache_entry(data, Path(cache_dir).expanduser()), allow_pickle=False) as arrays:
+        groups = arrays["train_groups"] if "train_groups" in arrays.files else None
+        return ImageDataset(
+            name=dataset_name(data), source=data,
+            class_names=tuple(str(c) for c in arrays["class_names"]),
+            train_images=arrays["train_images"], train_labels=arrays["train_labels"],
+            test_images=arrays["test_images"], test_labels=arrays["test_labels"],
+            digest=str(arrays["digest"]), train_mean=tuple(arrays["train_mean"].tolist()),
+            train_std=tuple(arrays["train_std"].tolist()), train_groups=groups)
+
+
+def dataset_class_names(data: str, cache_dir: str | Path) -> tuple[str, ...]:
+    """`data`'s class names in label order, without reading its pixels (decoded into the cache if absent)."""
     if data == "cifar10":
-        return _cached(cache, "cifar10-torchvision", data, lambda: _decode_torchvision(cache))
+        return CIFAR10_CLASSES  # torchvision's order: naming a class needs no download
+    with np.load(_cache_entry(data, Path(cache_dir).expanduser()), allow_pickle=False) as arrays:
+        return tuple(str(c) for c in arrays["class_names"])
+
+
+def class_id_of(value: str | int | None, data: str, cache_dir: str | Path) -> int | None:
+    """`--class-id` as a label: an id as given; a name among `data`'s class names (CIFAR-10's known
+    without loading it, any other dataset's once its folders are read)."""
+    if value is None or isinstance(value, int) or value.strip().lstrip("-").isdigit() or data == "cifar10":
+        return parse_class_id(value)
+    return parse_class_id(value, dataset_class_names(data, cache_dir))
+
+
+def _cache_entry(data: str, cache: Path) -> Path:
+    """The array-cache file of `data`, decoded into it first if it is not there yet."""
+    if data == "cifar10":
+        return _cached(cache, "cifar10-torchvision", lambda: _decode_torchvision(cache))
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(f"data path {data} does not exist: pass --data cifar10, an image-folder "
@@ -76,10 +123,9 @@ def load_dataset(data: str, cache_dir: str | Path) -> ImageDataset:
             raise DataError(f"data file {data} is not a .tar.gz: pass an image-folder directory or "
                             "a .tar.gz of one")
         archive_sha = sha256_file(path)
-        return _cached(cache, f"archive-{archive_sha}", data,
-                       lambda: _decode_folder(_unpack(path, archive_sha, cache)))
+        return _cached(cache, f"archive-{archive_sha}", lambda: _decode_folder(_unpack(path, archive_sha, cache)))
     root = _image_folder_root(path, data)
-    return _cached(cache, f"folder-{_listing_digest(root)}", data, lambda: _decode_folder(root))
+    return _cached(cache, f"folder-{_listing_digest(root)}", lambda: _decode_folder(root))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -99,10 +145,33 @@ def arrays_digest(class_names: tuple[str, ...], *arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-Decoded = tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of uint8 images (N, C, H, W), on the 0-1
+    scale: exact integer sums over chunks, so 50,000 images need no float copy."""
+    total = np.zeros(images.shape[1], np.int64)
+    squares = np.zeros(images.shape[1], np.int64)  # at most 2^63 / 255^2 pixels per channel
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].astype(np.int64)
+        total += block.sum(axis=(0, 2, 3))
+        squares += (block * block).sum(axis=(0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = tuple(int(t) / n / 255 for t in total)
+    var = tuple((n * int(q) - int(t) ** 2) / n**2 for t, q in zip(total, squares, strict=True))  # exact ints
+    return mean, tuple(v**0.5 / 255 for v in var)
 
 
-def _cached(cache: Path, key: str, source: str, decode) -> ImageDataset:
+class Decoded(NamedTuple):
+    """What a decoder gives: class names, the two splits and the training images' groups (or None)."""
+
+    class_names: tuple[str, ...]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    train_groups: np.ndarray | None = None
+
+
+def _cached(cache: Path, key: str, decode) -> Path:
     path = cache / "arrays" / CACHE_FORMAT / f"{key}.npz"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,13 +179,7 @@ def _cached(cache: Path, key: str, source: str, decode) -> ImageDataset:
         with filelock.FileLock(decode_lock(cache, key)):
             if not path.exists():
                 _decode_to(path, decode)
-    with np.load(path, allow_pickle=False) as arrays:
-        return ImageDataset(
-            name=dataset_name(source), source=source,
-            class_names=tuple(str(c) for c in arrays["class_names"]),
-            train_images=arrays["train_images"], train_labels=arrays["train_labels"],
-            test_images=arrays["test_images"], test_labels=arrays["test_labels"],
-            digest=str(arrays["digest"]))
+    return path
 
 
 def decode_lock(cache: Path, key: str) -> Path:
@@ -127,11 +190,16 @@ def decode_lock(cache: Path, key: str) -> Path:
 
 
 def _decode_to(path: Path, decode) -> None:
-    class_names, train_x, train_y, test_x, test_y = decode()
+    data: Decoded = decode()
+    arrays = [data.train_images, data.train_labels, data.test_images, data.test_labels]
+    groups = {} if data.train_groups is None else {"train_groups": data.train_groups}
+    mean, std = channel_stats(data.train_images)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as tmp:
-        np.savez(tmp, class_names=np.array(class_names), train_images=train_x,
-                 train_labels=train_y, test_images=test_x, test_labels=test_y,
-                 digest=np.array(arrays_digest(class_names, train_x, train_y, test_x, test_y)))
+        # groups enter the digest only where there are some: a dataset without keeps the digest it had
+        np.savez(tmp, class_names=np.array(data.class_names), train_images=data.train_images,
+                 train_labels=data.train_labels, test_images=data.test_images, test_labels=data.test_labels,
+                 digest=np.array(arrays_digest(data.class_names, *arrays, *groups.values())),
+                 train_mean=np.array(mean), train_std=np.array(std), **groups)
     os.replace(tmp.name, path)  # atomic: a killed decode leaves no half-written cache
 
 
@@ -147,8 +215,8 @@ def _decode_torchvision(cache: Path) -> Decoded:
         raise DataError(f"could not download CIFAR-10 ({reason}): with no internet, pass --data "
                         "PATH to a local image-folder copy or its .tar.gz") from error
     as_nchw = lambda images: np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # noqa: E731
-    return (tuple(train.classes), as_nchw(train.data), np.asarray(train.targets, np.int64),
-            as_nchw(test.data), np.asarray(test.targets, np.int64))
+    return Decoded(tuple(train.classes), as_nchw(train.data), np.asarray(train.targets, np.int64),
+                   as_nchw(test.data), np.asarray(test.targets, np.int64))
 
 
 def _unpack(archive: Path, archive_sha: str, cache: Path) -> Path:
@@ -183,6 +251,11 @@ def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
             for folder in folders}
 
 
+def class_name(folder: str) -> str:
+    """A class folder's class name: the folder name without a leading `NN-` (`14-stop` -> `stop`)."""
+    return CLASS_PREFIX.sub("", folder)
+
+
 def _listing_digest(root: Path) -> str:
     digest = hashlib.sha256()
     for split in ("train", "test"):
@@ -190,6 +263,9 @@ def _listing_digest(root: Path) -> str:
             for file in files:
                 stat = file.stat()
                 digest.update(f"{split}/{name}/{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    if (manifest := root / MANIFEST).is_file():  # only then: a tree without one keeps its cache key
+        stat = manifest.stat()
+        digest.update(f"{MANIFEST}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -208,15 +284,46 @@ def _decode_folder(root: Path) -> Decoded:
             if not files:
                 raise DataError(f"class folder {root / split / name} has no images: add images or "
                                 "remove the folder from both splits")
-    class_names = tuple(sorted(train))
-    train_x, train_y = _decode_split(train, class_names)
-    test_x, test_y = _decode_split(test, class_names)
-    return class_names, train_x, train_y, test_x, test_y
+    folders = tuple(sorted(train))
+    class_names = tuple(class_name(folder) for folder in folders)
+    if len(set(class_names)) < len(class_names):
+        twice = sorted({n for n in class_names if class_names.count(n) > 1})
+        raise DataError(f"class folders of {root / 'train'} name the classes {twice} twice once their NN- prefix "
+                        "is dropped: rename the folders so that each class has one name")
+    train_x, train_y = _decode_split(train, folders)
+    test_x, test_y = _decode_split(test, folders)
+    groups = _train_groups(root, [f for folder in folders for f in train[folder]])
+    return Decoded(class_names, train_x, train_y, test_x, test_y, groups)
 
 
-def _decode_split(classes: dict[str, list[Path]], class_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    files = [f for name in class_names for f in classes[name]]
-    labels = np.array([k for k, name in enumerate(class_names) for _ in classes[name]], np.int64)
+def _train_groups(root: Path, files: list[Path]) -> np.ndarray | None:
+    """Each training file's group from the manifest, as ids numbering the (class folder, group) pairs in
+    file order; None without a manifest or without a group column."""
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return None
+    with open(manifest, newline="") as handle:
+        reader = csv.DictReader(handle)
+        column = next((c for c in GROUP_COLUMNS if c in (reader.fieldnames or ())), None)
+        if column is None:
+            return None
+        if "path" not in (reader.fieldnames or ()):
+            raise DataError(f"{manifest} has a {column} column but no path column: add the path of each image "
+                            "relative to the tree's root, or remove the manifest")
+        group_of = {row["path"]: row[column] for row in reader}
+    ids: dict[tuple[str, str], int] = {}
+    out = np.empty(len(files), np.int64)
+    for i, file in enumerate(files):
+        path = file.relative_to(root).as_posix()
+        if path not in group_of:
+            raise DataError(f"training image {path} has no row in {manifest}: add its row or remove the manifest")
+        out[i] = ids.setdefault((file.parent.name, group_of[path]), len(ids))
+    return out
+
+
+def _decode_split(classes: dict[str, list[Path]], folders: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    files = [f for name in folders for f in classes[name]]
+    labels = np.array([k for k, name in enumerate(folders) for _ in classes[name]], np.int64)
     images = np.empty((len(files), *IMAGE_SHAPE), np.uint8)
 
     def decode(index: int) -> None:

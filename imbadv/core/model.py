@@ -8,10 +8,13 @@ per-channel normalisation is the model's first layer, so attack budgets are in p
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from imbadv.config import CIFAR10_CLASSES
 
 # CIFAR-10 training-set channel statistics of [0, 1] pixels.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -43,6 +46,17 @@ class VGGSpec:
         values["mean"] = tuple(values["mean"])
         values["std"] = tuple(values["std"])
         return cls(**values)
+
+
+def input_statistics(class_names: Sequence[str], train_mean: Sequence[float],
+                     train_std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The Normalize layer's (mean, std) for a dataset: CIFAR-10 (its ten class names, in order: the
+    torchvision download and every image-folder copy) keeps CIFAR10_MEAN and CIFAR10_STD, so its models
+    keep the weights and reuse they had; any other dataset its own training set's per-channel
+    statistics, `train_mean` and `train_std` (0-1 scale)."""
+    if tuple(class_names) == CIFAR10_CLASSES:
+        return CIFAR10_MEAN, CIFAR10_STD
+    return tuple(float(m) for m in train_mean), tuple(float(s) for s in train_std)
 
 
 class Normalize(nn.Module):

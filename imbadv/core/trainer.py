@@ -24,7 +24,7 @@ from imbadv.config import TrainConfig
 from imbadv.core.augment import draw_epoch, shift_and_flip
 from imbadv.core.group import Member, TrainingGroup
 from imbadv.core.inference import autocast, predict_logits, set_layout, to_unit
-from imbadv.core.model import VGG, VGGSpec, keras_init_
+from imbadv.core.model import CIFAR10_MEAN, CIFAR10_STD, VGG, VGGSpec, keras_init_
 from imbadv.core.optim import keras_rmsprop
 from imbadv.core.remedies import LossFn, epoch_order, training_loss
 
@@ -64,13 +64,15 @@ def seed_everything(seed: int) -> None:
 _INIT_LOCK = threading.Lock()
 
 
-def initial_network(config: TrainConfig, num_classes: int) -> VGG:
-    """The model before training: its weights drawn from `config.init_seed` (section 3.1's VGG)."""
+def initial_network(config: TrainConfig, num_classes: int, mean: tuple[float, ...] = CIFAR10_MEAN,
+                    std: tuple[float, ...] = CIFAR10_STD) -> VGG:
+    """The model before training: its weights drawn from `config.init_seed` (section 3.1's VGG); `mean`
+    and `std` (0-1 scale, per channel) are its input normalisation (`model.input_statistics`)."""
     with _INIT_LOCK:
         seed_everything(config.init_seed)
         network = VGG(VGGSpec(num_classes=num_classes, width=config.width, dense_units=config.dense_units,
                               dropout=config.dropout, block_dropout=config.block_dropout,
-                              dense_dropout=config.dense_dropout, batch_norm=config.batch_norm))
+                              dense_dropout=config.dense_dropout, batch_norm=config.batch_norm, mean=mean, std=std))
         return keras_init_(network) if config.init == "keras" else network
 
 

@@ -26,7 +26,7 @@ from imbadv.core.data import DataError, ImageDataset, sha256_file
 from imbadv.core.group import TrainingGroup
 from imbadv.core.export import OnnxMismatch, compare_with_torch, export_onnx, export_with_weights, onnx_session
 from imbadv.core.inference import predict_logits, resolve_device
-from imbadv.core.model import VGG, weights_sha256
+from imbadv.core.model import VGG, input_statistics, weights_sha256
 from imbadv.core.remedies import remedy_values
 from imbadv.core.sampling import Split, sample_split
 from imbadv.core.trainer import initial_network, train
@@ -62,6 +62,9 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
     """
     shared = current(shared)
     config = resolve_train_config(**options)  # bad options stop here, before any run exists
+    dataset = load_data(shared, config.data, config.cache_dir)
+    # so do bad data and counts the data cannot give
+    split = sample_split(dataset.train_labels, config, dataset.num_classes, dataset.train_groups)
     store.prepare()  # answers, and has its schema, before the search for a killed run
     resume_id = resume or (None if os.environ.get("MLFLOW_RUN_ID") else resumable_run(config))
     with lifecycle.job_run("train", run_name(config), run_id=resume_id,
@@ -69,7 +72,6 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
         log.log_config(config)
         device = resolve_device(config.device)
         log.log_device(device, config.precision)
-        dataset = load_data(shared, config.data, config.cache_dir)
         recorded = run.data.tags.get(names.TAG_DATASET_DIGEST)
         if recorded and recorded != dataset.digest:
             raise DataError(f"the data at {config.data} changed since run {run.info.run_id} started: train "
@@ -78,11 +80,11 @@ def run_train(resume: str | None = None, shared: SharedWork | None = None, group
         checkpoint = _load_checkpoint(run.info.run_id) if resume_id else None
         if group is not None:
             log.tags({names.TAG_GROUP_SIZE: str(group.size)})
-        network = _train_network(config, dataset, device, checkpoint, group)
+        network = _train_network(config, dataset, split, device, checkpoint, group)
         test_logits = predict_logits(network, torch.from_numpy(dataset.test_images).to(device),
                                      config.eval_batch_size)
         _log_test_metrics(test_logits.argmax(1).cpu().numpy(), dataset)
-        return _export_and_register(config, dataset, network, test_logits, run.info.run_id, device, shared)
+        return _export_and_register(config, dataset, split, network, test_logits, run.info.run_id, device, shared)
 
 
 def resumable_run(config: TrainConfig) -> str | None:
@@ -117,21 +119,24 @@ def _save_checkpoint(state: dict) -> None:
 _EXPORT_LOCK = threading.Lock()
 
 
-def _train_network(config: TrainConfig, dataset: ImageDataset, device: torch.device,
+def _train_network(config: TrainConfig, dataset: ImageDataset, split: Split, device: torch.device,
                    checkpoint: dict | None, group: TrainingGroup | None = None) -> VGG:
-    split = sample_split(dataset.train_labels, config, dataset.num_classes)
     log.text("\n".join(map(str, split.train.tolist())), names.TRAIN_INDICES_ARTIFACT)
     log.text("\n".join(map(str, split.val.tolist())), names.VAL_INDICES_ARTIFACT)
+    mean, std = input_statistics(dataset.class_names, dataset.train_mean, dataset.train_std)
+    whole = "" if dataset.train_groups is None else " in whole groups"
     log.params({"train_images": len(split.train), "val_images": len(split.val),
-                "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images"
+                "val_split": (f"stratified {config.val_fraction:g} of each class's sampled images{whole}"
                               if config.val_fraction else "none"),
                 "train_counts": train_counts(dataset.train_labels, split, dataset.num_classes),
-                "init_seed": config.init_seed})
+                "init_seed": config.init_seed,
+                names.PARAM_NORMALIZE_MEAN: ",".join(map(repr, mean)),
+                names.PARAM_NORMALIZE_STD: ",".join(map(repr, std))})
     if config.loss != "ce" or config.resample != "none":
         counts = torch.bincount(torch.from_numpy(dataset.train_labels[split.train]), minlength=dataset.num_classes)
         log.text(json.dumps(remedy_values(config, counts), indent=1), names.REMEDY_ARTIFACT)
 
-    network = initial_network(config, dataset.num_classes).to(device)
+    network = initial_network(config, dataset.num_classes, mean, std).to(device)
     log.tags({names.TAG_INIT_SHA256: weights_sha256(network)})
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -182,8 +187,9 @@ def train_counts(labels: np.ndarray, split: Split, num_classes: int) -> str:
     return ",".join(map(str, np.bincount(labels[split.train], minlength=num_classes).tolist()))
 
 
-def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VGG, test_logits: torch.Tensor,
-                         run_id: str, device: torch.device, shared: SharedWork) -> TrainOutcome:
+def _export_and_register(config: TrainConfig, dataset: ImageDataset, split: Split, network: VGG,
+                         test_logits: torch.Tensor, run_id: str, device: torch.device,
+                         shared: SharedWork) -> TrainOutcome:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         spec = {"architecture": network.spec.to_dict(), "class_names": list(dataset.class_names),
@@ -208,9 +214,7 @@ def _export_and_register(config: TrainConfig, dataset: ImageDataset, network: VG
                 names.VERSION_CLASS_NAME: "" if config.class_id is None else dataset.class_names[config.class_id],
                 names.VERSION_RATIO: "" if config.ratio is None else f"{config.ratio:g}",
                 names.VERSION_LOSS: config.loss, names.VERSION_RESAMPLE: config.resample,
-                names.VERSION_TRAIN_COUNTS: train_counts(
-                    dataset.train_labels, sample_split(dataset.train_labels, config, dataset.num_classes),
-                    dataset.num_classes),
+                names.VERSION_TRAIN_COUNTS: train_counts(dataset.train_labels, split, dataset.num_classes),
                 names.VERSION_PRESET: config.preset, names.VERSION_SEED: str(config.seed),
                 names.VERSION_DATASET: dataset.name, names.VERSION_DATASET_DIGEST: dataset.digest,
                 names.VERSION_GIT_COMMIT: provenance.git_commit(),

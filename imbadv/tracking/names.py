@@ -57,6 +57,10 @@ ONNX_AGREEMENT = "onnx_agreement"  # share of images on which onnxruntime and Py
 ONNX_MAX_ABS_DIFF = "onnx_max_abs_diff"  # largest |logit difference| between onnxruntime and PyTorch
 STEPS_TOTAL, STEPS_REUSED, STEPS_RAN, STEPS_FAILED = "steps_total", "steps_reused", "steps_ran", "steps_failed"
 
+# Params of a training beyond its config: the model's input normalisation, per channel (R,G,B) on the 0-1 scale.
+PARAM_NORMALIZE_MEAN = "normalize_mean"
+PARAM_NORMALIZE_STD = "normalize_std"
+
 
 def per_class(metric: str, k: int) -> str:
     """The metric's name for class `k`: `<metric>_c<k>`."""
