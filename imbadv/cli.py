@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import typer
 
-from imbadv.config import (PRESETS, ConfigError, EvaluateConfig, ModelSelection, TrainConfig,
+from imbadv.config import (CIFAR10_CLASSES, PRESETS, ConfigError, EvaluateConfig, ModelSelection, TrainConfig,
                            default_cache_dir, preset_values, resolve_evaluate_config, resolve_train_config)
 from imbadv.study.config import NaturalConfig, StudyConfig, SweepConfig
 
@@ -128,7 +128,11 @@ def _study(kind: type[StudyConfig]) -> Callable[..., None]:
 
 
 def _run_study(config: StudyConfig) -> None:
-    _ = config.eps_values, config.class_ids(num_classes=None)  # bad values fail before torch and MLflow load
+    from imbadv.core.data import dataset_class_names  # numpy and Pillow only
+
+    # bad values fail before torch and MLflow load; class names need the dataset's (read from its folders)
+    names = dataset_class_names(config.data, config.cache_dir) if config.classes != "all" else ()
+    _ = config.eps_values, config.class_ids(num_classes=None, class_names=names or CIFAR10_CLASSES)
     from imbadv.study import workers
 
     local = config.executor == "local"  # on Ray, the cluster's workers run the steps

@@ -92,3 +92,14 @@ def test_a_peer_attack_comes_from_the_same_model_of_another_seed(store, syntheti
     with pytest.raises(ConfigError, match="is the target's own seed"):  # a pinned source of the target's seed
         run_evaluate(**_smoke(synthetic_data, session_cache, source="peer",
                               source_uri=f"models:/{first.model_name}/{first.version}"))
+
+
+def test_a_study_names_classes_by_the_datasets_own_names():
+    names = ("speed-limit-20", "speed-limit-30", "stop", "yield")
+    config = SweepConfig(preset="smoke", classes="stop,0", ratios="1,5", longtail="")
+    assert config.class_ids(4, names) == (2, 0)
+    steps = plan(config, 4, "d", COMMIT, names)
+    assert {dict(s.options)["class_id"] for s in steps if dict(s.options)["sampling"] == "under"} == {0, 2}
+    with pytest.raises(ConfigError, match=r"dataset's class names \(speed-limit-20, .*--classes speed-limit-20"):
+        SweepConfig(classes="cat").class_ids(4, names)
+    assert StudyConfig(classes="cat,dog").class_ids(10) == (3, 5)  # CIFAR-10's names by default

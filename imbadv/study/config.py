@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from imbadv.config import (PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName, ConfigError, Loss,
-                           ModelSelection, Resample, TrainConfig, check_choices, check_preset, default_cache_dir,
-                           parse_class_id, resolve_train_config)
+from imbadv.config import (CIFAR10_CLASSES, PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName,
+                           ConfigError, Loss, ModelSelection, Resample, TrainConfig, check_choices, check_preset,
+                           default_cache_dir, parse_class_id, resolve_train_config)
 
 PAPER_ATTACK = AttackConfig.attack  # section 3.2: FGSM
 ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the attacks that take --steps and --step-size
@@ -40,7 +41,8 @@ class StudyConfig:
     data: str = field(default=ModelSelection.data, metadata={"help": "Data source, as for train."})
     eps: str = field(default=f"{AttackConfig.eps:g}", metadata={
         "help": "One eps or a comma-separated sweep (section 3.2: 0.01)."})
-    classes: str = field(default="all", metadata={"help": "'all', or comma-separated class ids or CIFAR-10 names."})
+    classes: str = field(default="all", metadata={"help": (
+        "'all', or comma-separated class ids or the dataset's class names (CIFAR-10's cat, dog; GTSRB's stop).")})
     ratios: str = field(default=f"{PAPER_RATIO:g}", metadata={"help": (
         "Imbalance ratios of each class's under- and over-sampled models, comma-separated (section 3.1: 5); "
         "ratio 1 is the balanced model, trained once per seed.")})
@@ -234,17 +236,20 @@ class StudyConfig:
             raise ConfigError(f"eps {self.eps!r} is not a number or a comma-separated list: pass e.g. "
                               "--eps 0.01,0.02") from error
 
-    def class_ids(self, num_classes: int | None) -> tuple[int, ...]:
-        """The study's classes; with `num_classes` None (dataset not loaded yet) ids are parsed, not range-checked."""
+    def class_ids(self, num_classes: int | None, class_names: Sequence[str] = CIFAR10_CLASSES) -> tuple[int, ...]:
+        """The study's classes, as ids or the dataset's `class_names` (CIFAR-10's by default); with
+        `num_classes` None (dataset not loaded yet) ids are parsed, not range-checked."""
         if self.classes == "all":
             return tuple(range(num_classes or 0))
+        named = "CIFAR-10 class names" if tuple(class_names) == CIFAR10_CLASSES else "the dataset's class names"
         try:
-            ids = tuple(parse_class_id(v) for v in self.classes.split(","))
+            ids = tuple(parse_class_id(v, class_names) for v in self.classes.split(","))
         except ConfigError as error:
-            raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids or CIFAR-10 class names: "
-                              "pass e.g. --classes 3,5 or --classes cat,dog") from error
+            raise ConfigError(f"classes {self.classes!r} is not 'all' or a list of ids or {named} "
+                              f"({', '.join(class_names)}): pass e.g. --classes 3,5 or --classes "
+                              f"{','.join(class_names[:2])}") from error
         if negative := [c for c in ids if c < 0]:
-            raise ConfigError(f"class ids {negative} are negative: pass ids from 0 (or CIFAR-10 class names)")
+            raise ConfigError(f"class ids {negative} are negative: pass ids from 0 (or {named})")
         bad = [c for c in ids if num_classes is not None and c >= num_classes]
         if bad:
             raise ConfigError(f"class ids {bad} are outside this dataset's {num_classes} classes: pass ids "

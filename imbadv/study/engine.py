@@ -54,7 +54,7 @@ def run_study(config: StudyConfig, pool: ProcessPoolExecutor | None = None) -> S
     executor.prepare(config)  # an executor that cannot run the study stops it before any run exists
     dataset = load_dataset(config.data, config.cache_dir)
     code_versions = provenance.code_versions()
-    steps = plan(config, dataset.num_classes, dataset.digest, code_versions)
+    steps = plan(config, dataset.num_classes, dataset.digest, code_versions, dataset.class_names)
     # any engine, executor or code version completes the same study (its steps' keys hold their code)
     study_key = step_key("study", config.identity, dataset.digest, "")
     with _exclusive(Path(config.cache_dir).expanduser() / "locks" / f"study-{study_key}.lock"), \

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imbadv.config import PAPER_RATIO, model_label
+from imbadv.config import CIFAR10_CLASSES, PAPER_RATIO, model_label
 from imbadv.study.config import PAPER_ATTACK, WHITEBOX_ONLY_ATTACKS, StudyConfig
 
 
@@ -49,14 +49,15 @@ def _ratio(value: float) -> dict[str, float]:
     return {} if value == PAPER_RATIO else {"ratio": value}
 
 
-def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str]) -> list[Step]:
+def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str],
+         class_names: Sequence[str] = CIFAR10_CLASSES) -> list[Step]:
     """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, natural,
     each under each remedy of `losses` x `resample`, per seed), then evaluations (per attack, seed and eps,
     black-box from the balanced model or the peer of `black_box`; the
     cross-entropy models also adjusted post hoc with each tau of `posthoc`);
     `code_versions`: by entry point (train, evaluate), the version of the code that decides its steps'
-    results."""
-    classes = config.class_ids(num_classes)
+    results; `class_names`: the dataset's, which `--classes` may name."""
+    classes = config.class_ids(num_classes, class_names)
     base = {"preset": config.preset, "data": config.data}
     training = {**base, **config.training_overrides, **({"shared_init": True} if config.shared_init else {})}
     remedies = [{**({"loss": loss} if loss != "ce" else {}), **({"resample": res} if res != "none" else {})}
