@@ -127,23 +127,25 @@ def _imbadv(*args: str, store: str, cwd: Path, timeout: float = 1200) -> subproc
 
 
 @pytest.mark.slow
-def test_a_smoke_natural_study_and_its_report(store, synthetic_data, session_cache, tmp_path):
-    study = _imbadv("natural", "--preset", "smoke", "--data", str(synthetic_data), "--seeds", "2", "--losses", "ce,cb",
-                    "--attacks", "fgsm", "--jobs", "1", "--device", "cpu", "--cache-dir", str(session_cache),
-                    store=store, cwd=tmp_path)
+def test_a_smoke_natural_study_of_traffic_signs_and_its_report(store, gtsrb_small, session_cache, tmp_path):
+    options = ("--preset", "smoke", "--data", str(gtsrb_small), "--seeds", "2", "--losses", "ce,cb", "--attacks",
+               "fgsm", "--jobs", "1", "--device", "cpu", "--cache-dir", str(session_cache))
+    study = _imbadv("natural", *options, store=store, cwd=tmp_path)
     assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
-    result = _imbadv("report", "--natural", "--preset", "smoke", "--data", str(synthetic_data), store=store,
+    result = _imbadv("report", "--natural", "--preset", "smoke", "--data", str(gtsrb_small), store=store,
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    folder = tmp_path / "reports" / f"{synthetic_data.name}-smoke-natural"
-    assert {"per_class.csv", "correlation.csv", "confusions.csv", "remedies.csv", "report.html",
+    folder = tmp_path / "reports" / "gtsrb32-small-smoke-natural"
+    assert {"per_class.csv", "correlation.csv", "confusions.csv", "families.csv", "remedies.csv", "report.html",
             "results.json"} <= {p.name for p in folder.iterdir()}
     rows = list(csv.DictReader((folder / "per_class.csv").read_text().splitlines()))
-    assert {r["remedy"] for r in rows} == {"ce", "cb"}
-    assert all(float(r["train_count"]) > 0 for r in rows) and "blackbox_fgsm_acc" in rows[0]
-    again = _imbadv("natural", "--preset", "smoke", "--data", str(synthetic_data), "--seeds", "2", "--losses", "ce,cb",
-                    "--attacks", "fgsm", "--jobs", "1", "--device", "cpu", "--cache-dir", str(session_cache),
-                    store=store, cwd=tmp_path)
+    assert {r["remedy"] for r in rows} == {"ce", "cb"} and "blackbox_fgsm_acc" in rows[0]
+    counts = {r["class_name"]: float(r["train_count"]) for r in rows if r["remedy"] == "ce"}
+    assert set(counts) == {"speed-limit-20", "speed-limit-50", "stop", "curve-left"}
+    assert counts["speed-limit-50"] > counts["speed-limit-20"]  # the natural counts, after validation
+    families = list(csv.DictReader((folder / "families.csv").read_text().splitlines()))
+    assert {f["family"] for f in families} == {"speed-limit-20 speed-limit-50"}
+    again = _imbadv("natural", *options, store=store, cwd=tmp_path)
     assert "0 steps ran" in again.stdout
 
 
