@@ -127,13 +127,20 @@ def _shares(e: Evaluation | None, kind: str) -> np.ndarray | None:
     return matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1.0)
 
 
+def _runs_by_seed(results: StudyResults, remedy: Remedy, attack: str, source: str,
+                  eps: float) -> list[Evaluation | None]:
+    """The natural model's evaluation under `remedy`, `attack`, `source` and `eps` of each seed (None where
+    that seed has none)."""
+    return [next((e for e in results.evaluations if e.sampling == "natural" and e.remedy == remedy
+                  and e.attack == attack and e.source == source and e.eps == eps and e.seed == seed), None)
+            for seed in results.seeds]
+
+
 def created_confusions(results: StudyResults, remedy: Remedy, attack: str, source: str, eps: float,
                        top: int = 15) -> list[Confusion]:
     """The `top` confusions (true != predicted) the attack adds most to, by mean share over seeds (those it
     adds to at all)."""
-    runs = [next((e for e in results.evaluations if e.sampling == "natural" and e.remedy == remedy
-                  and e.attack == attack and e.source == source and e.eps == eps and e.seed == seed), None)
-            for seed in results.seeds]
+    runs = _runs_by_seed(results, remedy, attack, source, eps)
     pairs = [(_shares(e, "clean"), _shares(e, "adversarial")) for e in runs]
     pairs = [(c, a) for c, a in pairs if c is not None and a is not None]
     if not pairs:
@@ -165,10 +172,8 @@ class FamilyShare:
 
 def family_shares(results: StudyResults, remedy: Remedy, attack: str, source: str, eps: float) -> list[FamilyShare]:
     """For each look-alike family: where the family's errors go, clean and after the attack."""
-    runs = [next((e for e in results.evaluations if e.sampling == "natural" and e.remedy == remedy
-                  and e.attack == attack and e.source == source and e.eps == eps and e.seed == seed), None)
-            for seed in results.seeds]
-    runs = [e for e in runs if e is not None and {"clean", "adversarial"} <= set(e.confusion)]
+    runs = [e for e in _runs_by_seed(results, remedy, attack, source, eps)
+            if e is not None and {"clean", "adversarial"} <= set(e.confusion)]
     k = len(results.class_names)
     out = []
     for family in look_alike_families(results.class_names):
