@@ -46,9 +46,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Known errors end the command with `imbadv: error: <message>` and exit code 1, no traceback."""
+    """Known errors end the command with `imbadv: error: <message>` and exit code 1, no traceback; Ctrl-C
+    (and SIGTERM to a study) with `imbadv: stopped ...` and 130, the shell's code for an interrupt."""
     try:
         yield
+    except KeyboardInterrupt:
+        typer.echo("imbadv: stopped: its runs in progress are KILLED; rerun the same command to continue "
+                   "(a training resumes from its last checkpoint)", err=True)
+        raise typer.Exit(code=130) from None
     except Exception as error:
         # a ConfigError is matched first: the other error classes load torch and MLflow
         if not isinstance(error, ConfigError) and not isinstance(error, _known_errors()):

@@ -11,7 +11,9 @@ EVENT is one of
 
 The job's own functions are wrapped, not replaced: up to the kill everything runs as in `imbadv`.
 The process prints `sigkill_at: EVENT` just before it kills itself; an event that never comes lets the
-command end normally, so a test checks for exit status -9.
+command end normally, so a test checks for exit status -9. With SIGKILL_AT_SIGNAL=SIGINT in the
+environment it sends itself that signal instead: Ctrl-C, which Python raises as KeyboardInterrupt
+where the event happens.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+SIGNAL_VARIABLE = "SIGKILL_AT_SIGNAL"  # another signal to send instead, by name: SIGINT is Ctrl-C
 
 
 def command(event: str | None, *args: str) -> list[str]:
@@ -36,7 +39,7 @@ def command(event: str | None, *args: str) -> list[str]:
 def _die(event: str) -> None:
     print(f"sigkill_at: {event}", flush=True)
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.Signals[os.environ.get(SIGNAL_VARIABLE, "SIGKILL")])
 
 
 def _after(function: Callable, event: str, when: Callable[..., bool] = lambda *a, **k: True) -> Callable:

@@ -12,13 +12,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imbadv"
 
-# layer -> the imbadv layers its modules may import (config is the bottom layer, imported by all)
+# layer -> the imbadv layers its modules may import (config, and interrupt for the commands that own
+# processes, are the bottom modules, imported by all)
+BOTTOM = {"config", "interrupt"}
 ALLOWED = {
-    "core": {"config", "core"},
-    "tracking": {"config", "core", "tracking"},
-    "jobs": {"config", "core", "tracking", "jobs"},
-    "study": {"config", "core", "tracking", "jobs", "study"},
-    "report": {"config", "core", "tracking", "report"},
+    "core": BOTTOM | {"core"},
+    "tracking": BOTTOM | {"core", "tracking"},
+    "jobs": BOTTOM | {"core", "tracking", "jobs"},
+    "study": BOTTOM | {"core", "tracking", "jobs", "study"},
+    "report": BOTTOM | {"core", "tracking", "report"},
 }
 
 

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import complete
-from sigkill_at import command
+from sigkill_at import SIGNAL_VARIABLE, command
 
 from imbadv.tracking import names
 
@@ -30,11 +30,11 @@ SAFETY_S = 900  # a safety net against a hang, not a pace: no check waits on a c
 
 
 def _train(store: str, data: Path, cache: Path, cwd: Path, output: Path,
-           kill_at: str | None = None) -> subprocess.Popen:
+           kill_at: str | None = None, kill_signal: str = "SIGKILL") -> subprocess.Popen:
     """`imbadv train` on the smoke preset, its output going to the file `output`; with `kill_at`, the
-    process SIGKILLs itself at that event (tests/sigkill_at.py)."""
+    process sends itself `kill_signal` at that event (tests/sigkill_at.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=store, IMBADV_CACHE=str(cache))
+    env.update(MLFLOW_TRACKING_URI=store, IMBADV_CACHE=str(cache), **{SIGNAL_VARIABLE: kill_signal})
     with output.open("w") as log:  # a file, not a pipe: a pipe nobody reads while it runs can fill up
         return subprocess.Popen(command(kill_at, "train", *OPTIONS, "--data", str(data)), env=env, cwd=cwd,
                                 stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -122,6 +122,27 @@ def test_a_sigkilled_training_resumes_its_run_to_bit_identical_weights(
     assert len(_runs(client, "FINISHED")) == finished + 1  # and no other
     assert sorted({m.step for m in client.get_metric_history(run_id, "val_loss")}) == [1, 2, 3, 4]
     assert _version_of(client, run_id).tags["weights_sha256"] == reference.weights, f"killed at {event}"
+
+
+@pytest.mark.slow
+def test_a_training_stopped_with_ctrl_c_ends_killed_and_resumes_to_bit_identical_weights(
+        reference, synthetic_data, session_cache, tmp_path, sigkill_group):
+    client = reference.client
+    event = "checkpoint:2"
+    stopped = _train(reference.store, synthetic_data, session_cache, reference.cwd, tmp_path / "stopped.log", event,
+                     kill_signal="SIGINT")
+    assert stopped.wait(timeout=SAFETY_S) == 130, (tmp_path / "stopped.log").read_text()[-3000:]
+    text = (tmp_path / "stopped.log").read_text()
+    assert f"sigkill_at: {event}" in text and "imbadv: stopped" in text and "Traceback" not in text
+    sigkill_group(stopped)
+    (run,) = [r for r in _runs(client) if r.data.tags.get(names.TAG_PID) == str(stopped.pid)]
+    assert run.info.status == "KILLED"  # stopped, not FAILED: a FAILED training is never resumed
+
+    output = complete(_train(reference.store, synthetic_data, session_cache, reference.cwd, tmp_path / "again.log"),
+                      tmp_path / "again.log")
+    assert f"resuming run {run.info.run_id} from its checkpoint" in output
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert _version_of(client, run.info.run_id).tags["weights_sha256"] == reference.weights
 
 
 def test_a_live_run_is_never_taken_over(store, synthetic_data, session_cache):

@@ -106,7 +106,11 @@ def _parent_run(config: StudyConfig, dataset_name: str, dataset_digest: str,
                   names.TAG_DATASET_DIGEST: dataset_digest})
         if parent_id is None:
             log.params({names.CONFIG_PARAM_PREFIX + k: str(v) for k, v in config.identity.items()})
-        yield parent
+        try:
+            yield parent
+        except KeyboardInterrupt:  # stopped, not failed: the same command continues it
+            lifecycle.end_stopped()
+            raise
 
 
 @contextlib.contextmanager

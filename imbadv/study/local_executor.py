@@ -16,6 +16,7 @@ from imbadv.study import workers
 from imbadv.study.config import StudyConfig, groupable
 from imbadv.study.runner import StepResult, StudyRun, Task, discard_unfinished, run_task
 from imbadv.study.schedule import Schedule
+from imbadv.tracking import lifecycle
 
 
 def prepare(config: StudyConfig) -> None:
@@ -50,6 +51,15 @@ def drive(study: StudyRun, pool: ProcessPoolExecutor | None = None) -> None:
 
 
 def _drive(study: StudyRun, pool: ProcessPoolExecutor) -> None:
+    try:
+        _run_steps(study, pool)
+    except BaseException:  # Ctrl-C, SIGTERM (`workers.start`) or a failure here: no step outlives the study
+        workers.stop(pool)
+        lifecycle.mark_stopped(study.context.parent_run_id, study.context.experiment_id)
+        raise
+
+
+def _run_steps(study: StudyRun, pool: ProcessPoolExecutor) -> None:
     schedule = Schedule(study.todo, set(study.versions))
     bar = tqdm(total=len(study.steps), initial=len(study.outcome.reused), desc="study", unit="step")
     pending: dict[Future, Task] = {}

@@ -1,8 +1,9 @@
 """The study's worker processes, started before the parent loads MLflow and PyTorch.
 
-This module imports only the standard library, so `imbadv reproduce` starts the workers first and
-they import, open the store and decode the data while the parent imports and plans (the shared
-engine; an isolated-engine worker does all of that in its first step).
+This module imports only the standard library (and `imbadv.interrupt`, which does too), so
+`imbadv reproduce` starts the workers first and they import, open the store and decode the data
+while the parent imports and plans (the shared engine; an isolated-engine worker does all of that
+in its first step).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import atexit
 import contextlib
 import ctypes
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import TYPE_CHECKING
+
+from imbadv.interrupt import stop_signals_interrupt
 
 if TYPE_CHECKING:
     from imbadv.study.config import StudyConfig
@@ -28,19 +32,54 @@ def threads(config: StudyConfig) -> int:
 
 @contextlib.contextmanager
 def start(config: StudyConfig) -> Iterator[ProcessPoolExecutor]:
-    """The study's `config.jobs` worker processes; the shared engine's start at once."""
+    """The study's `config.jobs` worker processes; the shared engine's start at once.
+
+    Ctrl-C or SIGTERM to this process (or any error in it) stops the workers with it (`stop`): no
+    worker outlives the study to go on training in the background.
+    """
     shared = config.engine == "shared"
-    setup = {"initializer": _start_worker, "initargs": (threads(config), config.data, config.cache_dir)}
-    with ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn"),
-                             **(setup if shared else {})) as pool:
-        if shared:
-            for _ in range(config.jobs):
-                pool.submit(_warm)
-        yield pool
+    setup = ((_start_worker, (threads(config), config.data, config.cache_dir)) if shared
+             else (_ignore_ctrl_c, ()))
+    with stop_signals_interrupt():
+        pool = ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn"), initializer=setup[0],
+                                   initargs=setup[1])
+        try:
+            if shared:
+                for _ in range(config.jobs):
+                    pool.submit(_warm)
+            yield pool
+        except BaseException:
+            stop(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+
+def stop(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers at once, wherever their steps are: a step interrupted inside its MLflow or
+    PyTorch calls could leave a lock held, while a killed process holds nothing. Their runs stay
+    RUNNING until the study marks them KILLED (`imbadv.study.local_executor`); a killed training
+    resumes from its last checkpoint when the study runs again. Idempotent."""
+    processes = list((pool._processes or {}).values())  # the executor offers no public list
+    manager = pool._executor_manager_thread  # ends once its workers have, closing the queues
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join()
+    pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        manager.join()
+
+
+def _ignore_ctrl_c() -> None:
+    """Worker start (every engine): Ctrl-C reaches the whole process group, but only the study's process
+    acts on it, by stopping the workers (`stop`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _start_worker(threads: int, data: str, cache_dir: str) -> None:
     """Shared-engine worker start: imports, threads, the store and the data, once for all its steps."""
+    _ignore_ctrl_c()
     atexit.register(_exit_without_teardown)  # before the imports: runs after the handlers they register
     import torch
 

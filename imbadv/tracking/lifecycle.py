@@ -16,9 +16,11 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from imbadv.config import first_line
-from imbadv.tracking import store
+from imbadv.tracking import liveness, store
 from imbadv.tracking.names import EXPERIMENT, TAG_ERROR, TAG_HOST, TAG_JOB, TAG_PID, TAG_STEP_KEY
 from imbadv.tracking.provenance import provenance_tags
+
+STOPPED = "stopped by Ctrl-C or SIGTERM: rerun the same command to continue"
 
 # Set by a study for the steps it runs: the parent run and the step's reuse key.
 _STEP_TAGS: ContextVar[dict[str, str] | None] = ContextVar("imbadv_step_tags", default=None)
@@ -46,7 +48,8 @@ def job_run(job: str, run_name: str, run_id: str | None = None,
 
     A new run carries the job, host, process id and `tags` from its creation, so a process killed
     at any moment after it leaves a run that names its owner. On any exception the run gets an
-    `imbadv.error` tag and ends FAILED; the exception propagates.
+    `imbadv.error` tag and ends FAILED, on KeyboardInterrupt KILLED (a killed training is resumed
+    from its checkpoint); the exception propagates.
     """
     chosen_elsewhere = mlflow.active_run() is not None or _env_run_id() or os.environ.get("MLFLOW_EXPERIMENT_ID") \
         or os.environ.get("MLFLOW_EXPERIMENT_NAME")
@@ -63,6 +66,10 @@ def job_run(job: str, run_name: str, run_id: str | None = None,
         if made_by_mlflow_run:  # with a random name
             store.call(MlflowClient().update_run, run.info.run_id, name=run_name)
         yield run
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM to a study: stopped, not failed, so a training resumes
+        status = "KILLED"
+        store.call(mlflow.set_tag, TAG_ERROR, STOPPED)
+        raise
     except BaseException as error:
         status = "FAILED"
         store.call(mlflow.set_tag, TAG_ERROR, first_line(error)[:5000])
@@ -74,6 +81,25 @@ def job_run(job: str, run_name: str, run_id: str | None = None,
 def open_run(run_id: str | None, run_name: str) -> mlflow.ActiveRun:
     """Start run `run_id` again, or a new run named `run_name` (a context manager, as `mlflow.start_run`)."""
     return store.call(mlflow.start_run, run_id=run_id, run_name=run_name)
+
+
+def end_stopped() -> None:
+    """End the active run KILLED, tagged as stopped (Ctrl-C or SIGTERM), not FAILED."""
+    store.call(mlflow.set_tag, TAG_ERROR, STOPPED)
+    store.call(mlflow.end_run, "KILLED")
+
+
+def mark_stopped(parent_run_id: str, experiment_id: str) -> list[str]:
+    """End KILLED the runs under `parent_run_id` still RUNNING whose process is gone (a stopped study's
+    killed workers); returns their ids. A killed training is resumed from its checkpoint."""
+    client = MlflowClient()
+    runs = store.call(client.search_runs, [experiment_id],
+                      filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    stopped = [run.info.run_id for run in runs if liveness.process_is_gone(run)]
+    for run_id in stopped:
+        store.call(client.set_tag, run_id, TAG_ERROR, STOPPED)
+        store.call(client.set_terminated, run_id, "KILLED")
+    return stopped
 
 
 def delete_run(run_id: str) -> None:

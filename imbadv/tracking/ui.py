@@ -21,13 +21,14 @@ import time
 import urllib.error
 import urllib.request
 import webbrowser
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
 from mlflow.tracking import MlflowClient
 
+from imbadv.interrupt import stop_signals_interrupt
 from imbadv.tracking import store
 from imbadv.tracking.names import EXPERIMENT
 
@@ -128,23 +129,6 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _stop_signals_interrupt() -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM end `imbadv ui` with KeyboardInterrupt, so the server is stopped
-    either way, even where the shell that started it had SIGINT ignored (a background job of a
-    script), which Python would otherwise keep."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool = False,
           echo: Callable[[str], None] = print) -> None:
     """Run the MLflow UI on the tracking store until Ctrl-C (or SIGTERM), after echoing the URL of the
@@ -161,7 +145,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool
     # A session of its own: a terminal's Ctrl-C reaches imbadv alone, which stops the whole server.
     server = subprocess.Popen(server_command(host, port), stdout=sys.stderr, start_new_session=True)
     try:
-        with _stop_signals_interrupt():
+        with stop_signals_interrupt():
             _wait_until_answering(server, base)
             url, found = experiment_url(base)
             _announce(f"MLflow UI on {tracking} (Ctrl-C stops it)", url, found, open_browser, echo)
