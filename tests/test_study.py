@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,6 +175,19 @@ def test_a_rerun_of_a_finished_study_reuses_every_step(finished_study, small_dat
     log = finished_study.cwd / "again.log"
     output = complete(_reproduce(finished_study.store, small_data, session_cache, finished_study.cwd, log), log)
     assert f"study run {finished_study.run_id}: 0 steps ran, {STEPS} reused" in output
+
+
+@pytest.mark.slow
+def test_a_wider_study_counts_what_it_reuses_before_any_step_runs(store, small_data, session_cache, tmp_path):
+    """A second eps on a finished study: its progress starts at the first study's 3 trainings and 5
+    evaluations (class 3), not at the trainings alone while the new evaluations wait."""
+    first, wider = tmp_path / "first.log", tmp_path / "wider.log"
+    complete(_reproduce(store, small_data, session_cache, tmp_path, first, "--classes", "3"), first)
+    output = complete(_reproduce(store, small_data, session_cache, tmp_path, wider, "--classes", "3",
+                                 "--eps", "0.01,0.02"), wider)
+    progress = re.findall(r"study: .*?(\d+)/(\d+) \[", output)
+    assert progress[0] == ("8", "13"), progress[:3]
+    assert "5 steps ran, 8 reused" in output
 
 
 @pytest.mark.slow

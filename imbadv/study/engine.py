@@ -83,13 +83,20 @@ def _set_up(config: StudyConfig, steps: list[Step], dataset_digest: str, code_ve
     reusable = {} if config.force else reuse.finished_trainings(trainings, finished, dataset_digest)
     outcome = StudyOutcome(parent.info.run_id, [], [], [], 0.0)
     versions: dict[Model, str] = {}
-    todo = []
     for step in steps:
         if step.key in reusable:
             versions[model_of(dict(step.options))] = reuse.registered_version(reusable[step.key])
             outcome.reused.append(step.label)
-        else:
-            todo.append(step)
+    todo = []
+    for step in (s for s in steps if s.key not in reusable):
+        # an evaluation of reused models is known reused now, not once the new trainings are handed out,
+        # so that progress counts it from the start (a sweep widening an earlier one reuses most of them)
+        if step.entry == "evaluate" and all(m in versions for m in reuse.attacked_models(step)):
+            pinned = reuse.pin_models(step, versions, dataset_digest, code_versions["evaluate"])
+            if pinned.key in finished:
+                outcome.reused.append(pinned.label)
+                continue
+        todo.append(step)
     return StudyRun(config, steps, dataset_digest, code_versions, context, finished, versions, todo, outcome)
 
 

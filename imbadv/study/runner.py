@@ -178,7 +178,7 @@ class StudyRun:
     context: StepContext
     finished: dict[str, str]  # step key -> run id of a FINISHED run with that key
     versions: dict[Model, str]  # the study's models (`imbadv.study.schedule.Model`) -> models:/<name>/<version>
-    todo: list[Step]  # steps that no finished run covers (an evaluation is checked again once pinned)
+    todo: list[Step]  # steps that no finished run covers (an evaluation of new models is checked once pinned)
     outcome: StudyOutcome
 
     def pin(self, step: Step, versions: dict[Model, str] | None = None) -> Step:
