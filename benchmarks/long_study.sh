@@ -6,7 +6,9 @@
 # benchmarks/results/.
 #
 #   nohup benchmarks/long_study.sh curve|remedies|gtsrb [--dir ~/imbadv-long] [--commit HEAD] \
-#       [--data PATH] > study.log 2>&1 &
+#       [--data PATH] [--preset cpu] > study.log 2>&1 &
+#
+# --preset smoke tries the whole chain in minutes; give it a --dir of its own.
 #
 # curve     issue 29: cat and automobile under and over at ratios 1-100, CIFAR-10-LT 10 and 100;
 #           FGSM and PGD-20, white-box and from the balanced model; 3 seeds (about 80 trainings).
@@ -20,14 +22,14 @@
 # The venv is this checkout's (.venv, `make setup-test`); only the imbadv package comes from src.
 set -euo pipefail
 
-STUDY=${1:?"usage: benchmarks/long_study.sh curve|remedies|gtsrb [--dir DIR] [--commit REV] [--data PATH]"}
+STUDY=${1:?"usage: benchmarks/long_study.sh curve|remedies|gtsrb [--dir DIR] [--commit REV] [--data PATH] [--preset cpu]"}
 shift
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DIR="$HOME/imbadv-long" COMMIT=HEAD DATA=""
+DIR="$HOME/imbadv-long" COMMIT=HEAD DATA="" PRESET=cpu
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dir) DIR=$2 ;; --commit) COMMIT=$2 ;; --data) DATA=$2 ;;
-    *) echo "long_study.sh: unknown option $1: use --dir, --commit or --data" >&2; exit 2 ;;
+    --dir) DIR=$2 ;; --commit) COMMIT=$2 ;; --data) DATA=$2 ;; --preset) PRESET=$2 ;;
+    *) echo "long_study.sh: unknown option $1: use --dir, --commit, --data or --preset" >&2; exit 2 ;;
   esac
   shift 2
 done
@@ -52,20 +54,20 @@ fi
 export PYTHONPATH="$WORK/src" MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db" IMBADV_CACHE="$WORK/cache"
 echo "long_study.sh: $STUDY on code $(cat "$WORK/COMMIT"), store $MLFLOW_TRACKING_URI, $(date -Is)"
 
-CPU=(--preset cpu --seeds 3 --jobs 2 --data "$DATA")
+CPU=(--preset "$PRESET" --seeds 3 --jobs 2 --data "$DATA")
 case "$STUDY" in
   curve)
     "$IMBADV" sweep --classes cat,automobile --ratios 1,2,5,10,20,50,100 --longtail 10,100 --attacks fgsm,pgd "${CPU[@]}"
-    "$IMBADV" report --sweep --preset cpu --data "$DATA" --output-dir "$WORK/report-curve" ;;
+    "$IMBADV" report --sweep --preset "$PRESET" --data "$DATA" --output-dir "$WORK/report-curve" ;;
   remedies)
     STRONG=(--attacks fgsm,pgd,autoattack --aa-version fast --images-per-class 200)
     "$IMBADV" sweep --classes cat,automobile --ratios 1,5 --longtail 100 --losses ce,cb,la,bs --posthoc 1 \
       "${STRONG[@]}" "${CPU[@]}"
     "$IMBADV" sweep --classes cat,automobile --ratios 1,5 --longtail 100 --losses ce --resample oversample \
       "${STRONG[@]}" "${CPU[@]}"
-    "$IMBADV" report --sweep --preset cpu --data "$DATA" --images-per-class 200 --output-dir "$WORK/report-remedies" ;;
+    "$IMBADV" report --sweep --preset "$PRESET" --data "$DATA" --images-per-class 200 --output-dir "$WORK/report-remedies" ;;
   gtsrb)
     "$IMBADV" natural --losses ce,cb,la,bs --posthoc 1 --attacks fgsm,pgd "${CPU[@]}"
-    "$IMBADV" report --natural --preset cpu --data "$DATA" --output-dir "$WORK/report-gtsrb" ;;
+    "$IMBADV" report --natural --preset "$PRESET" --data "$DATA" --output-dir "$WORK/report-gtsrb" ;;
 esac
 echo "long_study.sh: $STUDY done, $(date -Is)"
