@@ -40,6 +40,20 @@ def test_the_natural_study_trains_each_remedy_per_seed_and_attacks_from_the_next
     assert config.kind == "natural"
 
 
+def test_posthoc_attacks_the_natural_cross_entropy_model_adjusted_from_its_plain_peer():
+    base = NaturalConfig(preset="smoke", losses="ce,cb", attacks="fgsm,autoattack")
+    before, after = plan(base, 43, "d", COMMIT), plan(NaturalConfig(**{**base.__dict__, "posthoc": "1"}), 43, "d", COMMIT)
+    assert [s for s in after if s.entry == "train"] == [s for s in before if s.entry == "train"]
+    new = [dict(s.options) for s in after if s.key not in {b.key for b in before}]
+    # the ce model of each seed, adjusted: FGSM white-box and from the peer, AutoAttack white-box
+    assert Counter((e["attack"], e["source"]) for e in new) == {("fgsm", "self"): 3, ("fgsm", "peer"): 3,
+                                                                  ("autoattack", "self"): 3}
+    assert {(e["sampling"], e.get("loss", "ce"), e["posthoc_tau"]) for e in new} == {("natural", "ce", 1.0)}
+    peer = next(s for s in after if dict(s.options).get("posthoc_tau") and dict(s.options)["source"] == "peer")
+    assert models_needed(peer) == {Model(s, "natural", None, None) for s in (dict(peer.options)["seed"],
+                                                                              dict(peer.options)["source_seed"])}
+
+
 def test_a_peer_study_keeps_the_balanced_model_where_the_curve_needs_it():
     config = SweepConfig(preset="smoke", classes="3", ratios="1,5", longtail="", black_box="peer", seeds=2)
     trainings = [model_of(dict(s.options)) for s in plan(config, 10, "d", COMMIT) if s.entry == "train"]

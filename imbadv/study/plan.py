@@ -65,11 +65,11 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     class_models = [(sampling, c, {**_ratio(r), **remedy}) for c in classes for r in config.ratio_values if r != 1.0
                     for sampling in ("under", "over") for remedy in remedies]
     profiles = [("longtail", None, {"ratio": r, **remedy}) for r in config.longtail_values for remedy in remedies]
+    if config.natural:
+        profiles += [("natural", None, remedy) for remedy in remedies]
     # the imbalanced cross-entropy models, each also attacked adjusted post hoc with each tau
     adjusted = [(sampling, c, {**options, "posthoc_tau": tau}) for tau in config.posthoc_values
                 for sampling, c, options in class_models + profiles if not options.keys() & {"loss", "resample"}]
-    if config.natural:
-        profiles += [("natural", None, remedy) for remedy in remedies]
     specs: list[tuple[str, dict[str, Any]]] = []
     for seed in config.seed_values:
         if config.trains_balanced:
