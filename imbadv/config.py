@@ -106,6 +106,14 @@ def default_cache_dir() -> str:
     return os.environ.get("IMBADV_CACHE", str(Path.home() / ".cache" / "imbadv"))
 
 
+def canonical_data(data: str) -> str:
+    """`data` as the runs record it: a local path as its absolute real path, so that a relative path, `..`,
+    `~` or a symlink naming the same archive give one training identity (train and step keys hash it); a
+    name such as `cifar10`, or a path that does not exist (refused when read), unchanged."""
+    path = Path(data).expanduser()
+    return str(path.resolve()) if data != "cifar10" and path.exists() else data
+
+
 @dataclass(frozen=True)
 class ModelSelection:
     """Which model of the study: dataset, sampling, class, preset and seed (section 3.1)."""
@@ -147,6 +155,7 @@ class ModelSelection:
     def __post_init__(self) -> None:
         check_choices(self)
         check_preset(self.preset)
+        object.__setattr__(self, "data", canonical_data(self.data))
         if self.sampling not in CLASS_SAMPLINGS and self.class_id is not None:
             raise ConfigError(f"sampling={self.sampling} takes no class id: drop --class-id or use under/over")
         if self.sampling in CLASS_SAMPLINGS and self.class_id is None:

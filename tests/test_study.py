@@ -52,6 +52,23 @@ def test_a_steps_key_follows_only_the_code_of_its_own_entry_point():
         assert {s.key for s in rerun if s.entry == entry}.isdisjoint(keys)
 
 
+def test_every_spelling_of_a_data_path_is_one_study_and_one_training(tmp_path, monkeypatch):
+    from imbadv.config import resolve_train_config
+    from imbadv.tracking.provenance import train_key
+
+    (tmp_path / "data").mkdir()
+    archive = tmp_path / "data" / "set.tar.gz"
+    archive.write_bytes(b"")
+    (tmp_path / "link.tar.gz").symlink_to(archive)
+    monkeypatch.chdir(tmp_path / "data")
+    spellings = [str(archive), "set.tar.gz", f"{tmp_path}/data/../data/set.tar.gz", str(tmp_path / "link.tar.gz")]
+    studies = [StudyConfig(preset="smoke", classes="3", data=data) for data in spellings]
+    assert {s.data for s in studies} == {str(archive.resolve())}
+    assert len({s.key for config in studies for s in plan(config, 10, "d", COMMIT)}) == len(plan(studies[0], 10, "d",
+                                                                                                  COMMIT))
+    assert len({train_key(resolve_train_config(preset="smoke", data=data)) for data in spellings}) == 1
+    assert StudyConfig(data="cifar10").data == "cifar10"  # a name, not a path
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"eps": "0.01,abc"}, "not a number"), ({"eps": "2"}, "eps 2.0 is outside"), ({"classes": "12"}, "outside"),
     ({"preset": "nope"}, "unknown preset"), ({"jobs": 0}, "must be 1 or more")])

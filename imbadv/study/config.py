@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from imbadv.config import (CIFAR10_CLASSES, PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName,
-                           ConfigError, Loss, ModelSelection, Resample, TrainConfig, check_choices, check_preset,
-                           default_cache_dir, parse_class_id, resolve_train_config)
+                           ConfigError, Loss, ModelSelection, Resample, TrainConfig, canonical_data, check_choices,
+                           check_preset, default_cache_dir, parse_class_id, resolve_train_config)
 
 PAPER_ATTACK = AttackConfig.attack  # section 3.2: FGSM
 ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the attacks that take --steps and --step-size
@@ -125,6 +125,7 @@ class StudyConfig:
         check_choices(self)
         check_preset(self.preset)
         check_executor_options(self)
+        object.__setattr__(self, "data", canonical_data(self.data))  # one study, however its data is named
         for name in ("seeds", "jobs", "cpus_per_step"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} is {getattr(self, name)}: it must be 1 or more")
