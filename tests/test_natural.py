@@ -42,7 +42,8 @@ def test_the_natural_study_trains_each_remedy_per_seed_and_attacks_from_the_next
 
 def test_posthoc_attacks_the_natural_cross_entropy_model_adjusted_from_its_plain_peer():
     base = NaturalConfig(preset="smoke", losses="ce,cb", attacks="fgsm,autoattack")
-    before, after = plan(base, 43, "d", COMMIT), plan(NaturalConfig(**{**base.__dict__, "posthoc": "1"}), 43, "d", COMMIT)
+    adjusted = NaturalConfig(**{**base.__dict__, "posthoc": "1"})
+    before, after = plan(base, 43, "d", COMMIT), plan(adjusted, 43, "d", COMMIT)
     assert [s for s in after if s.entry == "train"] == [s for s in before if s.entry == "train"]
     new = [dict(s.options) for s in after if s.key not in {b.key for b in before}]
     # the ce model of each seed, adjusted: FGSM white-box and from the peer, AutoAttack white-box

@@ -79,6 +79,11 @@ def _longtail_clean(k: int) -> float:
     return 0.9 - 0.05 * {8: 9, 9: 8}.get(k, k)
 
 
+def _others_clean(ratio: float) -> float:
+    """Clean accuracy of each class but c on c's over-sampled model: it falls as c takes the training set."""
+    return 0.6 - 0.1 * math.log10(ratio)
+
+
 def sweep_results() -> tuple[StudyResults, dict[str, list[int]]]:
     """Cat and dog under- and over-sampled at RATIOS, a long-tailed model at 10, three seeds; and the
     training counts of each model version, as the registry's tags hold them."""
@@ -91,7 +96,9 @@ def sweep_results() -> tuple[StudyResults, dict[str, list[int]]]:
                 for source in ("self", "balanced"):
                     evaluations.append(_evaluation(seed, "under", c, ratio, source,
                                                    {c: _class_values(c, ratio, seed, source)}))
-                    evaluations.append(_evaluation(seed, "over", c, ratio, source, {c: (0.85, 0.4)}))
+                    evaluations.append(_evaluation(seed, "over", c, ratio, source,
+                                                   {c: (0.85, 0.4)} | {k: (_others_clean(ratio), 0.1)
+                                                                       for k in range(len(NAMES)) if k != c}))
         shift = (seed - 1) * OFFSET
         for source, share in (("self", 0.5), ("balanced", 0.8)):
             values = {k: (_longtail_clean(k) + shift, (_longtail_clean(k) + shift) * share) for k in range(10)}
@@ -142,6 +149,31 @@ def test_curve_csv_holds_each_points_mean_interval_seeds_and_training_count(repo
     assert float(over["train_count"]) == MAJORITY and float(over["clean_acc"]) == pytest.approx(0.85)
 
 
+def test_curve_csv_gives_what_the_other_classes_keep_on_each_model(report):
+    folder, _ = report
+    rows = _rows(folder / "curve.csv")
+    for ratio in RATIOS:
+        over = _row(rows, class_name="cat", profile="over", ratio=ratio, attack="fgsm", box="white-box")
+        assert float(over["others_clean_acc"]) == pytest.approx(_others_clean(ratio))
+    # the balanced model's nine other classes: dog at 0.8, seven at 0.5 by default, airplane too
+    balanced = _row(rows, class_name="cat", profile="under", ratio=1.0, attack="fgsm", box="white-box")
+    assert float(balanced["others_clean_acc"]) == pytest.approx((0.8 + 8 * 0.5) / 9)
+    assert float(balanced["others_clean_acc_ci_low"]) < float(balanced["others_clean_acc"])
+    table = (folder / "report.md").read_text()
+    assert "| over 100 | 1000 | 85.0 [85.0, 85.0] | 40.0 [40.0, 40.0] |" in table
+
+
+def test_a_strong_attack_on_class_c_alone_reads_the_other_classes_from_another_evaluation():
+    results, counts = sweep_results()
+    on_cat = [Evaluation(f"pgd-{e.run_id}", e.seed, e.eps, e.sampling, e.class_id, e.source,
+                         {m: v for m, v in e.metrics.items() if m.endswith(f"_c{CAT}")},
+                         target_version=e.target_version, source_version=e.source_version, attack="pgd", ratio=e.ratio)
+              for e in results.evaluations if e.sampling == "over" and e.class_id == CAT]
+    points = curve(StudyResults(results.dataset, results.preset, NAMES, [*results.evaluations, *on_cat], None), counts)
+    pgd = next(p for p in points if p.attack == "pgd" and p.profile == "over" and p.ratio == 100.0)
+    assert pgd.others.mean == pytest.approx(_others_clean(100.0)) and len(pgd.others.values) == 3
+
+
 def test_the_balanced_model_is_ratio_1_of_both_profiles_and_has_no_black_box_point(report):
     folder, _ = report
     rows = [r for r in _rows(folder / "curve.csv") if r["class_name"] == "dog" and r["ratio"] == "1.0"]
@@ -187,7 +219,7 @@ def test_the_slope_is_the_least_squares_change_per_tenfold_ratio():
 def test_a_class_that_no_model_gets_right_beyond_the_balanced_one_gets_no_reading():
     def point(ratio: float, clean: float, adv: float, success: float) -> Point:
         return Point(CAT, "under", ratio, "fgsm", "white-box", 0.01, MAJORITY / ratio, Estimate((clean,) * 3),
-                     Estimate((adv,) * 3), Estimate((success,) * 3))
+                     Estimate((adv,) * 3), Estimate((success,) * 3), Estimate((0.5,) * 3))
 
     (trend,) = trends([point(1.0, 0.5, 0.3, 0.4), point(10.0, 0.0, 0.0, float("nan"))])
     assert trend.collapse_ratio == 10.0

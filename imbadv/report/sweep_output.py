@@ -50,9 +50,10 @@ def write_csvs(results: StudyResults, points: list[Point], trend_rows: list[Tren
     name = results.class_names
     _write_csv(folder / "curve.csv", ["eps", "attack", "class_id", "class_name", "profile", "ratio", "box",
                                       "train_count", *_columns("clean_acc"), *_columns("adv_acc"),
-                                      *_columns("success_among_correct"), "seeds"],
+                                      *_columns("success_among_correct"), "seeds", *_columns("others_clean_acc")],
                [[p.eps, p.attack, p.class_id, name[p.class_id], p.profile, p.ratio, p.box, p.train_count,
-                 *_values(p.clean), *_values(p.adv), *_values(p.success), p.seeds] for p in points])
+                 *_values(p.clean), *_values(p.adv), *_values(p.success), p.seeds, *_values(p.others)]
+                for p in points])
     _write_csv(folder / "summary.csv", ["eps", "attack", "class_id", "class_name", "box", "collapse_ratio",
                                         "first_ratio", "last_ratio", "success_first", "success_last",
                                         *_columns("success_change"), *_columns("success_slope_per_decade"),
@@ -132,14 +133,16 @@ def _trend_blocks(results: StudyResults, trend_rows: list[Trend]) -> list[Block]
 
 def _class_table(results: StudyResults, points: list[Point], c: int) -> tuple[list[str], list[list[str]]]:
     """Class c's models from the most under-sampled to the most over-sampled: its training count, clean
-    accuracy and, per attack and box, accuracy with success among correct in brackets."""
+    accuracy, the other classes' mean clean accuracy and, per attack and box, accuracy with success among
+    correct in brackets."""
     at = {(p.profile, p.ratio, p.attack, p.box): p for p in points if p.class_id == c}
     ratios = sweep_ratios(results)
     models = [("under", r) for r in reversed(ratios) if r != 1.0] + [("under", 1.0)] + \
         [("over", r) for r in ratios if r != 1.0]
     columns = [(a, box) for a in results.attacks for box in ("white-box", "black-box")
                if any(k[2:] == (a, box) for k in at)]
-    header = ["model", "images of the class", "clean"] + [f"{ATTACK_TITLES.get(a, a)} {box}" for a, box in columns]
+    header = ["model", "images of the class", "clean", "others clean"] + \
+        [f"{ATTACK_TITLES.get(a, a)} {box}" for a, box in columns]
     body = []
     for profile, ratio in models:
         row = [at.get((profile, ratio, a, box)) for a, box in columns]
@@ -148,7 +151,7 @@ def _class_table(results: StudyResults, points: list[Point], c: int) -> tuple[li
             continue
         count = found[0].train_count
         body.append(["balanced" if ratio == 1.0 else f"{profile} {ratio:g}", f"{count:.0f}" if count == count else "-",
-                     found[0].clean.text()]
+                     found[0].clean.text(), next((p.others.text() for p in found if p.others.values), "-")]
                     + [f"{p.adv.text()} ({_pct(p.success.mean)})" if p else "-" for p in row])
     return header, body
 
@@ -193,7 +196,8 @@ def write_sweep_report(results: StudyResults, folder: Path, counts: Counts,
                            ("p", "Accuracy after each attack with the clean accuracy, its ceiling, and success among "
                                  "correct, against the ratio: under-sampling left of the balanced model (1/ratio), "
                                  "over-sampling right; bands: 95% intervals. Tables: accuracy (success among "
-                                 "correct in brackets).")]
+                                 "correct in brackets); others clean: the model's mean clean accuracy on the other "
+                                 "classes, what the class's share of the training set costs them.")]
     eps_points = [p for p in points if p.eps == eps]
     for c in classes:
         figure = sweep_figures.class_figure(results, eps_points, c, eps, folder / f"curve-c{c}-{names[c]}.png")
