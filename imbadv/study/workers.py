@@ -14,6 +14,8 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -38,8 +40,9 @@ def start(config: StudyConfig) -> Iterator[ProcessPoolExecutor]:
     worker outlives the study to go on training in the background.
     """
     shared = config.engine == "shared"
-    setup = ((_start_worker, (threads(config), config.data, config.cache_dir)) if shared
-             else (_ignore_ctrl_c, ()))
+    study = os.getpid()
+    setup = ((_start_worker, (study, threads(config), config.data, config.cache_dir)) if shared
+             else (_start_isolated_worker, (study,)))
     with stop_signals_interrupt():
         pool = ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn"), initializer=setup[0],
                                    initargs=setup[1])
@@ -77,8 +80,40 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _start_worker(threads: int, data: str, cache_dir: str) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with(study: int) -> None:
+    """End this worker when the study's process `study` ends, however it ends: killed with SIGKILL, or
+    stopped by a signal that came while it was starting this worker, before `stop` could know of it.
+    An orphaned worker would otherwise wait on its task queue for ever (it holds both ends of the
+    queue's pipe), and hold the study's output pipe open. Linux: the kernel's parent-death signal;
+    elsewhere, a thread that checks the parent once a second."""
+    try:
+        registered = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+    except (OSError, AttributeError):
+        registered = False
+    if os.getppid() != study:  # the study ended before the signal was registered
+        os._exit(1)
+    if not registered:
+        threading.Thread(target=_watch_parent, args=(study,), daemon=True, name="imbadv-parent-watch").start()
+
+
+def _watch_parent(study: int) -> None:
+    while os.getppid() == study:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _start_isolated_worker(study: int) -> None:
+    """Isolated-engine worker start: each step imports and loads what it needs itself."""
+    die_with(study)
+    _ignore_ctrl_c()
+
+
+def _start_worker(study: int, threads: int, data: str, cache_dir: str) -> None:
     """Shared-engine worker start: imports, threads, the store and the data, once for all its steps."""
+    die_with(study)
     _ignore_ctrl_c()
     atexit.register(_exit_without_teardown)  # before the imports: runs after the handlers they register
     import torch
