@@ -213,7 +213,7 @@ def _clean_by_class(results: StudyResults) -> dict[tuple[int, str, int | None, f
     found: dict[tuple[int, str, int | None, float | None], list[float]] = {}
     for e in results.evaluations:
         values = [e.per_class(names.CLEAN_ACC, j) for j in range(k)]
-        if e.loss == "ce" and e.resample == "none" and not e.posthoc_tau and all(map(math.isfinite, values)):
+        if e.is_plain and all(map(math.isfinite, values)):
             found.setdefault((e.seed, e.sampling, e.class_id, e.ratio), values)
     return found
 

@@ -151,7 +151,7 @@ def _class_table(results: StudyResults, points: list[Point], c: int) -> tuple[li
             continue
         count = found[0].train_count
         body.append(["balanced" if ratio == 1.0 else f"{profile} {ratio:g}", f"{count:.0f}" if count == count else "-",
-                     found[0].clean.text(), next((p.others.text() for p in found if p.others.values), "-")]
+                     found[0].clean.text(), found[0].others.text()]
                     + [f"{p.adv.text()} ({_pct(p.success.mean)})" if p else "-" for p in row])
     return header, body
 

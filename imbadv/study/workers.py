@@ -42,7 +42,7 @@ def start(config: StudyConfig) -> Iterator[ProcessPoolExecutor]:
     shared = config.engine == "shared"
     study = os.getpid()
     setup = ((_start_worker, (study, threads(config), config.data, config.cache_dir)) if shared
-             else (_start_isolated_worker, (study,)))
+             else (_guard_worker, (study,)))
     with stop_signals_interrupt():
         pool = ProcessPoolExecutor(max_workers=config.jobs, mp_context=get_context("spawn"), initializer=setup[0],
                                    initargs=setup[1])
@@ -74,16 +74,18 @@ def stop(pool: ProcessPoolExecutor) -> None:
         manager.join()
 
 
-def _ignore_ctrl_c() -> None:
-    """Worker start (every engine): Ctrl-C reaches the whole process group, but only the study's process
-    acts on it, by stopping the workers (`stop`)."""
+def _guard_worker(study: int) -> None:
+    """Worker start (every engine; all of it on the isolated engine, whose steps import and load what they
+    need): end with the study's process, and leave Ctrl-C to it. Ctrl-C reaches the whole process group,
+    but only the study's process acts on it, by stopping the workers (`stop`)."""
+    _die_with(study)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with(study: int) -> None:
+def _die_with(study: int) -> None:
     """End this worker when the study's process `study` ends, however it ends: killed with SIGKILL, or
     stopped by a signal that came while it was starting this worker, before `stop` could know of it.
     An orphaned worker would otherwise wait on its task queue for ever (it holds both ends of the
@@ -105,16 +107,9 @@ def _watch_parent(study: int) -> None:
     os._exit(1)
 
 
-def _start_isolated_worker(study: int) -> None:
-    """Isolated-engine worker start: each step imports and loads what it needs itself."""
-    die_with(study)
-    _ignore_ctrl_c()
-
-
 def _start_worker(study: int, threads: int, data: str, cache_dir: str) -> None:
     """Shared-engine worker start: imports, threads, the store and the data, once for all its steps."""
-    die_with(study)
-    _ignore_ctrl_c()
+    _guard_worker(study)
     atexit.register(_exit_without_teardown)  # before the imports: runs after the handlers they register
     import torch
 
