@@ -26,7 +26,8 @@ def _leave_a_mark(path: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_shared_worker_ends_after_the_exit_handlers_its_steps_registered(small_data, session_cache, tmp_path):
+def test_a_shared_worker_ends_after_the_exit_handlers_its_steps_registered(store, small_data, session_cache,
+                                                                           tmp_path):
     mark = tmp_path / "exit-handler-ran"
     config = StudyConfig(preset="smoke", data=str(small_data), cache_dir=str(session_cache), jobs=1, device="cpu")
     with workers.start(config) as pool:
@@ -68,9 +69,10 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("engine", ["isolated", "shared"])
-def test_a_worker_ends_when_its_study_is_killed_outright(engine, small_data, session_cache, tmp_path):
+def test_a_worker_ends_when_its_study_is_killed_outright(engine, store, small_data, session_cache, tmp_path):
     # SIGKILL leaves the study no chance to stop its workers (as a stop signal arriving while a worker is
-    # being started leaves it no record of that worker): the worker must end by itself
+    # being started leaves it no record of that worker): the worker must end by itself. `store`: a shared
+    # worker opens the tracking store, which must not land in the working tree
     import signal
     import subprocess
     import time
