@@ -12,7 +12,7 @@
 #
 # curve     issue 29: cat and automobile under and over at ratios 1-100, CIFAR-10-LT 10 and 100;
 #           FGSM and PGD-20, white-box and from the balanced model; 3 seeds (about 80 trainings).
-# remedies  issue 30: under/over ratio 5 (cat, automobile) and CIFAR-10-LT 100 under ce, cb, la, bs,
+# remedies  issue 30: under ratio 5 (cat, automobile) and CIFAR-10-LT 100 under ce, cb, la, bs,
 #           ce with over-sampling and post-hoc adjustment (tau 1); FGSM, PGD-20 and AutoAttack
 #           (fast) on the first 200 test images of each class; 3 seeds. Shares curve's store: its
 #           ce models are the curve's.
@@ -61,9 +61,11 @@ case "$STUDY" in
     "$IMBADV" report --sweep --preset "$PRESET" --data "$DATA" --output-dir "$WORK/report-curve" ;;
   remedies)
     STRONG=(--attacks fgsm,pgd,autoattack --aa-version fast --images-per-class 200)
-    "$IMBADV" sweep --classes cat,automobile --ratios 1,5 --longtail 100 --losses ce,cb,la,bs --posthoc 1 \
+    "$IMBADV" sweep --classes cat,automobile --ratios 1,5 --samplings under --longtail 100 \
+      --losses ce,cb,la,bs --posthoc 1 \
       "${STRONG[@]}" "${CPU[@]}"
-    "$IMBADV" sweep --classes cat,automobile --ratios 1,5 --longtail 100 --losses ce --resample oversample \
+    "$IMBADV" sweep --classes cat,automobile --ratios 1,5 --samplings under --longtail 100 \
+      --losses ce --resample oversample \
       "${STRONG[@]}" "${CPU[@]}"
     "$IMBADV" report --sweep --preset "$PRESET" --data "$DATA" --images-per-class 200 --output-dir "$WORK/report-remedies" ;;
   gtsrb)

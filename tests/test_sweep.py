@@ -112,3 +112,21 @@ def test_posthoc_attacks_each_cross_entropy_model_adjusted_and_trains_nothing_mo
 def test_bad_posthoc_taus_are_refused(posthoc):
     with pytest.raises(ConfigError, match="taus above 0"):
         SweepConfig(posthoc=posthoc)
+
+
+def test_a_sweep_of_one_class_profile_trains_and_attacks_no_model_of_the_other():
+    both = SweepConfig(preset="smoke", classes="3,1", ratios="1,5", longtail="100", losses="ce,cb", posthoc="1")
+    under = SweepConfig(**{**both.__dict__, "samplings": "under"})
+    steps = plan(under, 10, "d", COMMIT)
+    assert {dict(s.options)["sampling"] for s in steps} == {"balanced", "under", "longtail"}
+    # the same steps as the full sweep's under, balanced and long-tailed ones: finished runs are reused
+    assert {s.key for s in steps} == {s.key for s in plan(both, 10, "d", COMMIT)
+                                      if dict(s.options)["sampling"] != "over"}
+    assert "samplings" not in both.identity and under.identity["samplings"] == "under"  # older sweeps keep their keys
+    assert SweepConfig(samplings="over,under").sampling_values == ("over", "under")
+
+
+@pytest.mark.parametrize("samplings", ["", "under,longtail", "balanced"])
+def test_bad_samplings_are_refused(samplings):
+    with pytest.raises(ConfigError, match=f"--samplings '{samplings}' is not a comma-separated list of under, over"):
+        SweepConfig(samplings=samplings)

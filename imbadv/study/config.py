@@ -25,6 +25,7 @@ PGD_STEP_OF_EPS = 0.25
 WHITEBOX_ONLY_ATTACKS = ("autoattack",)  # the attacks that need the target's own model, not a source's gradient
 Engine = Literal["shared", "isolated"]
 BlackBox = Literal["balanced", "peer"]
+ClassSampling = Literal["under", "over"]  # the profiles that single out one class (section 3.1)
 Executor = Literal["local", "ray"]
 
 
@@ -46,6 +47,9 @@ class StudyConfig:
     ratios: str = field(default=f"{PAPER_RATIO:g}", metadata={"help": (
         "Imbalance ratios of each class's under- and over-sampled models, comma-separated (section 3.1: 5); "
         "ratio 1 is the balanced model, trained once per seed.")})
+    samplings: str = field(default="under,over", metadata={"help": (
+        "Which of each class's profiles train at each ratio of --ratios, comma-separated: under (class c cut), "
+        "over (every other class cut); section 3.1 trains both.")})
     longtail: str = field(default="", metadata={"help": (
         "Ratios of long-tailed models (class i keeps majority * ratio^(-i/(classes-1)), Cui et al. 2019), "
         "comma-separated, one model per seed each; empty: none.")})
@@ -148,7 +152,8 @@ class StudyConfig:
                 raise ConfigError(f"eps {value} is outside [0, 1]: eps is in pixel units, e.g. --eps 0.01")
         if self.images_per_class < 0:
             raise ConfigError(f"images per class {self.images_per_class} is negative: pass 0 (all) or more")
-        _ = self.ratio_values, self.longtail_values, self.loss_values, self.resample_values, self.posthoc_values
+        _ = (self.ratio_values, self.sampling_values, self.longtail_values, self.loss_values, self.resample_values,
+             self.posthoc_values)
         if self.black_box == "peer" and self.seeds < 2:
             raise ConfigError("--black-box peer attacks each model from the same model of another seed: pass --seeds "
                               "2 or more, or --black-box balanced")
@@ -194,6 +199,11 @@ class StudyConfig:
     def ratio_values(self) -> tuple[float, ...]:
         """`ratios` as numbers, each once, in the order given (1: the balanced model)."""
         return _ratios(self.ratios, "ratios", minimum=1.0)
+
+    @property
+    def sampling_values(self) -> tuple[str, ...]:
+        """`samplings` as a tuple, each once, in the order given."""
+        return _choices(self.samplings, "samplings", ClassSampling)
 
     @property
     def longtail_values(self) -> tuple[float, ...]:
@@ -333,7 +343,7 @@ class NaturalConfig(StudyConfig):
 
 # Options added after studies were run, at their defaults: left out of the identity, so that those studies
 # keep their keys (and their parent runs).
-LATER_DEFAULTS: dict[str, Any] = {"posthoc": "", "natural": False, "black_box": "balanced"}
+LATER_DEFAULTS: dict[str, Any] = {"posthoc": "", "natural": False, "black_box": "balanced", "samplings": "under,over"}
 
 # How a study runs, not what it computes: not logged as params, not in the study's key.
 RUN_OPTIONS = ("force", "jobs", "cache_dir", "device", "engine", "group_trainings", "executor", "ray_address",

@@ -51,7 +51,7 @@ def _ratio(value: float) -> dict[str, float]:
 
 def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versions: Mapping[str, str],
          class_names: Sequence[str] = CIFAR10_CLASSES) -> list[Step]:
-    """Trainings (balanced, and under c, over c at each ratio, long-tailed at each of `longtail`, natural,
+    """Trainings (balanced, and under c, over c (`samplings`) at each ratio, long-tailed at each of `longtail`, natural,
     each under each remedy of `losses` x `resample`, per seed), then evaluations (per attack, seed and eps,
     black-box from the balanced model or the peer of `black_box`; the
     cross-entropy models also adjusted post hoc with each tau of `posthoc`);
@@ -63,7 +63,7 @@ def plan(config: StudyConfig, num_classes: int, dataset_digest: str, code_versio
     remedies = [{**({"loss": loss} if loss != "ce" else {}), **({"resample": res} if res != "none" else {})}
                 for loss in config.loss_values for res in config.resample_values]
     class_models = [(sampling, c, {**_ratio(r), **remedy}) for c in classes for r in config.ratio_values if r != 1.0
-                    for sampling in ("under", "over") for remedy in remedies]
+                    for sampling in config.sampling_values for remedy in remedies]
     profiles = [("longtail", None, {"ratio": r, **remedy}) for r in config.longtail_values for remedy in remedies]
     if config.natural:
         profiles += [("natural", None, remedy) for remedy in remedies]
