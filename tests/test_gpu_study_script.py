@@ -20,14 +20,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.sh"
 pytestmark = pytest.mark.slow
 
 
-def _run(data: Path | None, cache: Path, out: Path, *extra: str, **variables: str) -> subprocess.CompletedProcess:
+def _run(data: Path | None, cache: Path, out: Path, *extra: str, cwd: Path | None = None,
+         **variables: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHON=sys.executable, IMBADV_CACHE=str(cache), **variables)
     data_option = [] if data is None else ["--data", str(data)]
     preflight = [] if "--preflight" in extra else ["--preflight", "0"]
     return subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--preset", "smoke", *data_option,
                            "--jobs", "1", "--out", str(out), *preflight, *extra],
-                          env=env, capture_output=True, text=True, timeout=1200, check=False)
+                          env=env, capture_output=True, text=True, timeout=1200, check=False, cwd=cwd)
 
 
 def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(small_data, session_cache, tmp_path):
@@ -36,9 +37,12 @@ def test_dry_run_on_cpu_times_each_phase_and_extrapolates_a_part_to_the_whole(sm
     sampler = tmp_path / "nvidia-smi"
     sampler.write_text("#!/usr/bin/env bash\nwhile true; do echo '40, 1000'; echo '60, 3000'; sleep 0.2; done\n")
     sampler.chmod(0o755)
+    caller = tmp_path / "caller"  # where the script is called from: nothing of the study may land there
+    caller.mkdir()
     result = _run(small_data, session_cache, tmp_path / "out", "--classes", "3", "--seeds", "2", "--preflight", "1",
-                  "--jobs", "2", "--train-options", "stopping=val-loss", NVIDIA_SMI=str(sampler))
+                  "--jobs", "2", "--train-options", "stopping=val-loss", cwd=caller, NVIDIA_SMI=str(sampler))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert list(caller.iterdir()) == [] and (tmp_path / "out" / "mlruns").is_dir()  # the artifacts are the store's
     study_store = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=study_store, registry_uri=study_store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
