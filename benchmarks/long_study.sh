@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The long `cpu` studies beyond the paper, resumable across sessions and code edits: the code is frozen
-# once per study (git archive of --commit into DIR/NAME/src), the store and cache lie in DIR/NAME, and
-# running the same line again reuses every finished run and resumes killed trainings from their
-# checkpoints. Each study ends by writing its report to DIR/NAME/report*, to be copied under
+# once per study (git archive of --commit into DIR/NAME/src), the store, its artifacts and the cache lie
+# in DIR/NAME, and running the same line again reuses every finished run and resumes killed trainings
+# from their checkpoints. Each study ends by writing its report to DIR/NAME/report*, to be copied under
 # benchmarks/results/.
 #
 #   nohup benchmarks/long_study.sh curve|remedies|gtsrb [--dir ~/imbadv-long] [--commit HEAD] \
@@ -52,6 +52,8 @@ if [ ! -d "$WORK/src" ]; then  # frozen once: a later edit of the checkout never
   mv "$WORK/src.partial" "$WORK/src"
 fi
 export PYTHONPATH="$WORK/src" MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db" IMBADV_CACHE="$WORK/cache"
+DATA="$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")"
+cd "$WORK"  # MLflow puts a sqlite store's artifacts in ./mlruns: beside the store, never in the checkout
 echo "long_study.sh: $STUDY on code $(cat "$WORK/COMMIT"), store $MLFLOW_TRACKING_URI, $(date -Is)"
 
 CPU=(--preset "$PRESET" --seeds 3 --jobs 2 --data "$DATA")
