@@ -187,3 +187,13 @@ def test_the_report_command_takes_natural_as_a_flag_and_refuses_two_reports(stor
     empty = CliRunner().invoke(app, ["report", "--natural", "--preset", "smoke", "--data", "gtsrb32.tar.gz"])
     assert empty.exit_code == 1
     assert "run `imbadv natural --preset smoke --data gtsrb32.tar.gz` first" in empty.stderr.strip().splitlines()[-1]
+
+
+def test_a_box_the_plain_model_was_not_attacked_from_gets_no_confusion_tables(results, counts, tmp_path):
+    white_only = StudyResults("gtsrb32", "cpu", NAMES, [e for e in results.evaluations
+                                                        if e.source == "self" or e.loss != "ce"], None)
+    files = write_natural_report(white_only, tmp_path, counts)
+    families = list(csv.DictReader(files["families.csv"].read_text().splitlines()))
+    assert [f["box"] for f in families] == ["white-box"]
+    section = files["report.md"].read_text().split("## Confusions the attack creates")[1].split("## Remedies")[0]
+    assert section.count("look-alike family") == 1 and "black-box" not in section

@@ -4,6 +4,7 @@ report.html and results.json (imbadv.report.natural computes the numbers)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from imbadv.config import ConfigError
@@ -81,14 +82,16 @@ def _confusion_blocks(results: StudyResults, eps: float, folder: Path) -> list[B
     confusion_rows, family_rows, blocks = [], [], []
     for box, source in BOXES:
         top = created_confusions(results, PLAIN, attack, source, eps)
-        families = family_shares(results, PLAIN, attack, source, eps)
+        # a box the plain model was not attacked from has no shares to give
+        families = [f for f in family_shares(results, PLAIN, attack, source, eps) if not math.isnan(f.attacked.mean)]
         confusion_rows += [[attack, box, eps, names[c.true], names[c.predicted], *_values(c.clean),
                             *_values(c.attacked), *_values(c.created)] for c in top]
         family_rows += [[attack, box, eps, " ".join(names[k] for k in f.family), *_values(f.clean),
                          *_values(f.attacked), f.uniform] for f in families]
+        if top or families:
+            blocks.append(("h3", f"{box} {attack}"))
         if top:
-            blocks += [("h3", f"{box} {attack}"),
-                       ("table", ["true", "taken for", "clean (%)", "attacked (%)", "created (points)"],
+            blocks += [("table", ["true", "taken for", "clean (%)", "attacked (%)", "created (points)"],
                         [[names[c.true], names[c.predicted], c.clean.text(), c.attacked.text(), c.created.text()]
                          for c in top], f"confusions-{source}")]
         if families:
