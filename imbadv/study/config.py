@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from imbadv.config import (CIFAR10_CLASSES, PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName,
+from imbadv.config import (CIFAR10_CLASSES, CLASS_SAMPLINGS, PAPER_RATIO, PRESETS, AttackConfig, AttackLoss, AttackName,
                            ConfigError, Loss, ModelSelection, Resample, TrainConfig, canonical_data, check_choices,
                            check_preset, default_cache_dir, parse_class_id, resolve_train_config)
 
@@ -25,7 +25,6 @@ PGD_STEP_OF_EPS = 0.25
 WHITEBOX_ONLY_ATTACKS = ("autoattack",)  # the attacks that need the target's own model, not a source's gradient
 Engine = Literal["shared", "isolated"]
 BlackBox = Literal["balanced", "peer"]
-ClassSampling = Literal["under", "over"]  # the profiles that single out one class (section 3.1)
 Executor = Literal["local", "ray"]
 
 
@@ -47,7 +46,7 @@ class StudyConfig:
     ratios: str = field(default=f"{PAPER_RATIO:g}", metadata={"help": (
         "Imbalance ratios of each class's under- and over-sampled models, comma-separated (section 3.1: 5); "
         "ratio 1 is the balanced model, trained once per seed.")})
-    samplings: str = field(default="under,over", metadata={"help": (
+    samplings: str = field(default=",".join(CLASS_SAMPLINGS), metadata={"help": (
         "Which of each class's profiles train at each ratio of --ratios, comma-separated: under (class c cut), "
         "over (every other class cut); section 3.1 trains both.")})
     longtail: str = field(default="", metadata={"help": (
@@ -203,7 +202,7 @@ class StudyConfig:
     @property
     def sampling_values(self) -> tuple[str, ...]:
         """`samplings` as a tuple, each once, in the order given."""
-        return _choices(self.samplings, "samplings", ClassSampling)
+        return _choices(self.samplings, "samplings", CLASS_SAMPLINGS)
 
     @property
     def longtail_values(self) -> tuple[float, ...]:
@@ -212,11 +211,11 @@ class StudyConfig:
 
     @property
     def loss_values(self) -> tuple[str, ...]:
-        return _choices(self.losses, "losses", Loss)
+        return _choices(self.losses, "losses", get_args(Loss))
 
     @property
     def resample_values(self) -> tuple[str, ...]:
-        return _choices(self.resample, "resample", Resample)
+        return _choices(self.resample, "resample", get_args(Resample))
 
     @property
     def posthoc_values(self) -> tuple[float, ...]:
@@ -284,12 +283,12 @@ class StudyConfig:
         return self.black_box == "balanced" or 1.0 in self.ratio_values
 
 
-def _choices(text: str, name: str, kind: Any) -> tuple[str, ...]:
-    """Comma-separated values of a Literal type, each once, in the order given."""
+def _choices(text: str, name: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated values among `choices`, each once, in the order given."""
     values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-    if not values or any(v not in get_args(kind) for v in values):
-        raise ConfigError(f"--{name} {text!r} is not a comma-separated list of {', '.join(get_args(kind))}: pass "
-                          f"e.g. --{name} {','.join(get_args(kind)[:2])}")
+    if not values or any(v not in choices for v in values):
+        raise ConfigError(f"--{name} {text!r} is not a comma-separated list of {', '.join(choices)}: pass "
+                          f"e.g. --{name} {','.join(choices[:2])}")
     return values
 
 
@@ -343,7 +342,8 @@ class NaturalConfig(StudyConfig):
 
 # Options added after studies were run, at their defaults: left out of the identity, so that those studies
 # keep their keys (and their parent runs).
-LATER_DEFAULTS: dict[str, Any] = {"posthoc": "", "natural": False, "black_box": "balanced", "samplings": "under,over"}
+LATER_DEFAULTS: dict[str, Any] = {"posthoc": "", "natural": False, "black_box": "balanced",
+                                   "samplings": ",".join(CLASS_SAMPLINGS)}
 
 # How a study runs, not what it computes: not logged as params, not in the study's key.
 RUN_OPTIONS = ("force", "jobs", "cache_dir", "device", "engine", "group_trainings", "executor", "ray_address",
