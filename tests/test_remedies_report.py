@@ -18,8 +18,11 @@ SEEDS = (0, 1, 2)
 # 0.01 * (s - 1). cb gains 10 points under PGD and 2 under AutoAttack: a fake gain (8 > 2 points);
 # la gains 5 under both: a real one.
 CAT_ADV = {("ce", "pgd"): 0.10, ("ce", "autoattack"): 0.05, ("cb", "pgd"): 0.20, ("cb", "autoattack"): 0.07,
-           ("la", "pgd"): 0.15, ("la", "autoattack"): 0.10, ("bs", "pgd"): 0.10}
+           ("la", "pgd"): 0.15, ("la", "autoattack"): 0.10, ("bs", "pgd"): 0.10, ("ce", "fgsm"): 0.2,
+           ("cb", "fgsm"): 0.3, ("la", "fgsm"): 0.25}
 CLEAN = {"ce": 0.40, "cb": 0.55, "la": 0.50, "bs": 0.45}
+# The other classes' clean accuracy on the under-sampled model: cb pays 6 points for cat's 15.
+OTHERS_CLEAN = {"ce": 0.80, "cb": 0.74, "la": 0.78, "bs": 0.80}
 
 
 def _evaluation(seed: int, sampling: str, class_id: int | None, loss: str, attack: str, source: str = "self",
@@ -27,10 +30,9 @@ def _evaluation(seed: int, sampling: str, class_id: int | None, loss: str, attac
     shift = 0.01 * (seed - 1)
     metrics = {}
     for k in range(len(NAMES)):
-        attacked = k == CAT or sampling != "under"  # a class model's strong attacks read its class only
         special = k == CAT and sampling == "under"
-        metrics[f"clean_acc_c{k}"] = CLEAN[loss] + shift if special else 0.8
-        if attacked:
+        if k == CAT or sampling != "under" or attack == "fgsm":  # a class model's strong attacks read its class only
+            metrics[f"clean_acc_c{k}"] = CLEAN[loss] + shift if special else OTHERS_CLEAN[loss]
             metrics[f"adv_acc_c{k}"] = (CAT_ADV[(loss, attack)] + shift) if special else 0.3 + 0.01 * k
     return Evaluation(f"{seed}-{sampling}-{loss}-{attack}-{source}", seed, 0.01, sampling, class_id, source, metrics,
                       attack=attack, ratio=ratio, loss=loss)
@@ -39,7 +41,7 @@ def _evaluation(seed: int, sampling: str, class_id: int | None, loss: str, attac
 @pytest.fixture
 def results() -> StudyResults:
     evaluations = [_evaluation(s, "under", CAT, loss, attack) for s in SEEDS for loss in ("ce", "cb", "la")
-                   for attack in ("pgd", "autoattack")]
+                   for attack in ("fgsm", "pgd", "autoattack")]
     evaluations += [_evaluation(s, "longtail", None, loss, "pgd", ratio=100.0) for s in SEEDS for loss in ("ce", "bs")]
     return StudyResults("cifar10", "cpu", NAMES, evaluations, None)
 
@@ -65,6 +67,20 @@ def test_gains_over_cross_entropy_are_paired_by_seed_and_fake_gains_are_flagged(
     assert rows[(("under", CAT, 5.0), "cb", "pgd")].seeds == SEEDS
 
 
+def test_what_a_remedy_costs_the_other_classes_is_read_from_the_evaluation_that_saw_them(results):
+    rows = {(r.remedy_label, r.attack): r for r in remedy_rows(results) if r.profile == ("under", CAT, 5.0)}
+    cb_pgd = rows[("cb", "pgd")]
+    assert cb_pgd.mean_adv.mean == pytest.approx(cb_pgd.rare_adv.mean)  # PGD read cat alone
+    assert cb_pgd.others_clean.mean == pytest.approx(0.74)  # from cb's FGSM evaluation, which read every class
+    assert cb_pgd.others_change.mean == pytest.approx(-0.06) and cb_pgd.others_change.interval[1] < 0
+    assert rows[("la", "autoattack")].others_change.mean == pytest.approx(-0.02)
+    assert rows[("ce", "pgd")].others_clean.mean == pytest.approx(0.80)
+    assert math.isnan(rows[("ce", "pgd")].others_change.mean)
+    without_fgsm = StudyResults("cifar10", "cpu", NAMES, [e for e in results.evaluations if e.attack != "fgsm"], None)
+    row = next(r for r in remedy_rows(without_fgsm) if r.profile[0] == "under" and r.remedy_label == "cb")
+    assert math.isnan(row.others_clean.mean)  # no evaluation read the other classes: unknown, not zero
+
+
 def test_the_tail_and_the_worst_class_of_a_long_tailed_model(results):
     row = next(r for r in remedy_rows(results) if r.profile[0] == "longtail" and r.remedy_label == "bs")
     assert row.rare_adv.mean == pytest.approx(sum(0.3 + 0.01 * k for k in range(5, 10)) / 5)
@@ -84,8 +100,10 @@ def test_the_sweep_report_writes_remedies_csv_its_figure_and_section(results, tm
     rows = list(csv.DictReader(files["remedies.csv"].read_text().splitlines()))
     cb = next(r for r in rows if r["profile"] == "under-c3" and r["remedy"] == "cb" and r["attack"] == "pgd")
     assert float(cb["gain"]) == pytest.approx(0.10) and cb["fake_gain"] == "True" and cb["seeds"] == "3"
+    assert float(cb["others_change"]) == pytest.approx(-0.06) and float(cb["others_clean"]) == pytest.approx(0.74)
     report = files["report.md"].read_text()
     assert "## Remedies" in report and "fake gain" in report.lower()
+    assert "| 74.0 [74.0, 74.0] (-6.0 [-6.0, -6.0]) |" in report
 
 
 def test_a_posthoc_adjustment_is_a_remedy_of_its_own(results):

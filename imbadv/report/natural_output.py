@@ -149,8 +149,9 @@ def write_natural_report(results: StudyResults, folder: Path, counts: Counts) ->
         write_remedies_csv(rows, folder / "remedies.csv")
         blocks += [("h2", "Remedies"),
                    ("p", "The rare classes (the half with the fewest training images) under each remedy: clean "
-                         "and attacked accuracy, the gain over plain cross-entropy paired by seed, and the mean "
-                         f"and worst class. Fake gain: a PGD gain that AutoAttack takes back by more than "
+                         "and attacked accuracy, the gain over plain cross-entropy paired by seed, the mean "
+                         "and worst class, and the other classes' clean accuracy with its change from plain "
+                         f"cross-entropy. Fake gain: a PGD gain that AutoAttack takes back by more than "
                          f"{100 * FAKE_GAIN:g} points."),
                    ("img", "the rare classes under each remedy", remedies_figure(rows, eps, folder / "remedies.png")),
                    ("table", *remedies_table(rows, eps), "remedies")]

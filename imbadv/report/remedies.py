@@ -3,10 +3,11 @@
 For each imbalanced profile that a sweep trained under more than one remedy (`--losses`, `--resample`), or
 attacked adjusted post hoc (`--posthoc`),
 per remedy, attack and box: the rare classes' clean accuracy and accuracy after the attack, the mean
-and worst of the attacked per-class accuracies, and the rare classes' difference from plain
-cross-entropy, paired by seed. The rare classes are the profile's cut ones: class c of `under`, every
-class but c of `over`, the last half by class id of `longtail` and `step` (the tail), and of `natural`
-the half with the fewest training images.
+and worst of the attacked per-class accuracies, the rare classes' difference from plain
+cross-entropy, paired by seed, and what the remedy costs the other classes: their mean clean
+accuracy and its difference from plain cross-entropy's. The rare classes are the profile's cut
+ones: class c of `under`, every class but c of `over`, the last half by class id of `longtail` and
+`step` (the tail), and of `natural` the half with the fewest training images.
 
 A "fake gain" (Wu et al., CVPR 2021: a remedy's PGD gain that AutoAttack takes back) is flagged where
 a remedy's white-box gain over cross-entropy under PGD exceeds its gain under AutoAttack by more than
@@ -62,6 +63,8 @@ class RemedyRow:
     mean_adv: Estimate  # mean of the attacked classes' accuracies (balanced accuracy where all were attacked)
     worst_adv: Estimate  # the lowest attacked class's accuracy
     gain: Estimate  # rare_adv minus plain cross-entropy's, paired by seed (NaN for plain itself)
+    others_clean: Estimate  # the other classes' mean clean accuracy, whichever evaluation of the model read them
+    others_change: Estimate  # others_clean minus plain cross-entropy's, paired by seed (NaN for plain itself)
     fake_gain: bool | None = None  # white-box PGD rows where AutoAttack ran too
 
     @property
@@ -89,6 +92,24 @@ def _attacked(e: Evaluation | None, num_classes: int) -> list[float]:
     return [v for k in range(num_classes) if math.isfinite(v := e.per_class(names.ADV_ACC, k))]
 
 
+def _clean_everywhere(results: StudyResults) -> dict[tuple[Profile, tuple[str, str, float], int], list[float]]:
+    """Each model's clean accuracy on every class, by (profile, remedy, seed): from any of its evaluations
+    that read every class (a strong attack on a class model reads class c's images only), since clean
+    accuracy is the model's whatever the attack and the source."""
+    k = len(results.class_names)
+    found: dict[tuple[Profile, tuple[str, str, float], int], list[float]] = {}
+    for e in results.evaluations:
+        values = [e.per_class(names.CLEAN_ACC, j) for j in range(k)]
+        if all(map(math.isfinite, values)):
+            found.setdefault(((e.sampling, e.class_id, e.ratio), e.remedy, e.seed), values)
+    return found
+
+
+def _others_clean(clean: list[float] | None, rare: list[int]) -> float:
+    others = [v for j, v in enumerate(clean or ()) if j not in rare]
+    return float(sum(others) / len(others)) if others else math.nan
+
+
 def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = None) -> list[RemedyRow]:
     """Every profile that ran under a remedy beside plain cross-entropy, per remedy, attack, box and eps;
     `natural_counts`: the natural profile's training images per class, which say its rare classes."""
@@ -96,6 +117,7 @@ def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = 
     for e in results.evaluations:
         if e.sampling != "balanced":
             found[(e.eps, e.attack, e.source, (e.sampling, e.class_id, e.ratio), e.remedy, e.seed)] = e
+    clean = _clean_everywhere(results)
     remedies_of: dict[Profile, set[tuple[str, str, float]]] = {}
     for key in found:
         remedies_of.setdefault(key[3], set()).add(key[4])
@@ -107,6 +129,8 @@ def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = 
         if not rare:
             continue
         remedies = sorted(remedies_of[profile], key=lambda r: (r != PLAIN, r))
+        others = {remedy: [_others_clean(clean.get((profile, remedy, s)), rare) for s in results.seeds]
+                  for remedy in remedies}
         for eps in results.eps_values:
             for attack in results.attacks:
                 for source, box in BOXES.items():
@@ -126,7 +150,11 @@ def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = 
                             Estimate(tuple(sum(a) / len(a) if a else math.nan for a in attacked), SHARE),
                             Estimate(tuple(min(a) if a else math.nan for a in attacked), SHARE),
                             Estimate(tuple(math.nan if remedy == PLAIN else x - y
-                                           for x, y in zip(adv, plain, strict=True)))))
+                                           for x, y in zip(adv, plain, strict=True))),
+                            Estimate(tuple(v if e else math.nan for v, e in zip(others[remedy], runs, strict=True)),
+                                     SHARE),
+                            Estimate(tuple(math.nan if remedy == PLAIN or not e else x - y
+                                           for x, y, e in zip(others[remedy], others[PLAIN], runs, strict=True)))))
     return _with_fake_gains(rows)
 
 
@@ -148,14 +176,15 @@ def _with_fake_gains(rows: list[RemedyRow]) -> list[RemedyRow]:
 def write_remedies_csv(rows: list[RemedyRow], path: Path) -> Path:
     """remedies.csv: one row per profile, remedy, attack, box and eps; shares in [0, 1]."""
     columns = ["eps", "profile", "remedy", "attack", "box", "seeds"]
-    for measure in ("rare_clean", "rare_adv", "mean_adv", "worst_adv", "gain"):
+    for measure in ("rare_clean", "rare_adv", "mean_adv", "worst_adv", "gain", "others_clean", "others_change"):
         columns += [measure, f"{measure}_ci_low", f"{measure}_ci_high"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*columns, "fake_gain"])
         for r in rows:
             values: list[object] = [r.eps, r.label, r.remedy_label, r.attack, r.box, len(r.seeds)]
-            for estimate in (r.rare_clean, r.rare_adv, r.mean_adv, r.worst_adv, r.gain):
+            for estimate in (r.rare_clean, r.rare_adv, r.mean_adv, r.worst_adv, r.gain, r.others_clean,
+                             r.others_change):
                 values += [estimate.mean, *estimate.interval]
             writer.writerow([*values, "" if r.fake_gain is None else r.fake_gain])
     return path
@@ -197,13 +226,15 @@ def remedies_figure(rows: list[RemedyRow], eps: float, path: Path) -> Path:
 
 
 def remedies_table(rows: list[RemedyRow], eps: float) -> tuple[list[str], list[list[str]]]:
-    """The report's table: rare classes' accuracy and gain over plain cross-entropy, white- and black-box."""
+    """The report's table: rare classes' accuracy and gain over plain cross-entropy, white- and black-box,
+    and the other classes' clean accuracy with its change from plain cross-entropy."""
     header = ["profile", "remedy", "attack", "box", "rare clean", "rare attacked", "gain vs ce (points)",
-              "mean / worst class", "fake gain"]
+              "mean / worst class", "others clean (change vs ce)", "fake gain"]
     body = []
     for r in (r for r in rows if r.eps == eps):
         gain = "-" if r.remedy == PLAIN else r.gain.text()
+        change = "" if r.remedy == PLAIN or not math.isfinite(r.others_change.mean) else f" ({r.others_change.text()})"
         body.append([r.label, r.remedy_label, r.attack, r.box, r.rare_clean.text(), r.rare_adv.text(), gain,
-                     f"{r.mean_adv.text()} / {r.worst_adv.text()}",
+                     f"{r.mean_adv.text()} / {r.worst_adv.text()}", r.others_clean.text() + change,
                      "" if r.fake_gain is None else ("yes" if r.fake_gain else "no")])
     return header, body

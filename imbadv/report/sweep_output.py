@@ -217,8 +217,10 @@ def write_sweep_report(results: StudyResults, folder: Path, counts: Counts,
         figure = remedies_figure(remedies, eps, folder / "remedies.png")
         blocks += [("h2", "Remedies"),
                    ("p", "Each profile under each remedy for imbalance: the rare classes' (the cut ones') accuracy, "
-                         "clean and after each attack, its gain over plain cross-entropy paired by seed, and the "
-                         f"mean and worst attacked class. Fake gain: a PGD gain that AutoAttack takes back by more "
+                         "clean and after each attack, its gain over plain cross-entropy paired by seed, the "
+                         "mean and worst attacked class (a strong attack on a class model reads class c alone), "
+                         "and the other classes' clean accuracy with its change from plain cross-entropy (what "
+                         f"the remedy costs them). Fake gain: a PGD gain that AutoAttack takes back by more "
                          f"than {100 * FAKE_GAIN:g} points. remedies.csv holds every eps."),
                    ("img", "the rare classes under each remedy", figure),
                    ("table", *remedies_table(remedies, eps), "remedies")]
