@@ -64,6 +64,8 @@ def test_gains_over_cross_entropy_are_paired_by_seed_and_fake_gains_are_flagged(
     assert rows[(("under", CAT, 5.0), "cb", "autoattack")].fake_gain is None
     assert math.isnan(rows[(("under", CAT, 5.0), "ce", "pgd")].gain.mean)
     assert rows[(("under", CAT, 5.0), "la", "pgd")].rare_clean.mean == pytest.approx(0.50)
+    assert rows[(("under", CAT, 5.0), "la", "pgd")].clean_gain.values == pytest.approx((0.10,) * 3)  # paired
+    assert math.isnan(rows[(("under", CAT, 5.0), "ce", "pgd")].clean_gain.mean)
     assert rows[(("under", CAT, 5.0), "cb", "pgd")].seeds == SEEDS
 
 
@@ -104,6 +106,8 @@ def test_the_sweep_report_writes_remedies_csv_its_figure_and_section(results, tm
     report = files["report.md"].read_text()
     assert "## Remedies" in report and "fake gain" in report.lower()
     assert "| 74.0 [74.0, 74.0] (-6.0 [-6.0, -6.0]) |" in report
+    assert "| 55.0 [52.5, 57.5] (15.0 [15.0, 15.0]) |" in report  # cb's rare clean and its change
+    assert float(cb["clean_gain"]) == pytest.approx(0.15)
 
 
 def test_a_posthoc_adjustment_is_a_remedy_of_its_own(results):

@@ -4,7 +4,7 @@ For each imbalanced profile that a sweep trained under more than one remedy (`--
 attacked adjusted post hoc (`--posthoc`),
 per remedy, attack and box: the rare classes' clean accuracy and accuracy after the attack, the mean
 and worst of the attacked per-class accuracies, the rare classes' difference from plain
-cross-entropy, paired by seed, and what the remedy costs the other classes: their mean clean
+cross-entropy, paired by seed, clean and attacked, and what the remedy costs the other classes: their mean clean
 accuracy and its difference from plain cross-entropy's. The rare classes are the profile's cut
 ones: class c of `under`, every class but c of `over`, the last half by class id of `longtail` and
 `step` (the tail), and of `natural` the half with the fewest training images.
@@ -63,6 +63,7 @@ class RemedyRow:
     mean_adv: Estimate  # mean of the attacked classes' accuracies (balanced accuracy where all were attacked)
     worst_adv: Estimate  # the lowest attacked class's accuracy
     gain: Estimate  # rare_adv minus plain cross-entropy's, paired by seed (NaN for plain itself)
+    clean_gain: Estimate  # rare_clean minus plain cross-entropy's, paired by seed (NaN for plain itself)
     others_clean: Estimate  # the other classes' mean clean accuracy, whichever evaluation of the model read them
     others_change: Estimate  # others_clean minus plain cross-entropy's, paired by seed (NaN for plain itself)
     fake_gain: bool | None = None  # white-box PGD rows where AutoAttack ran too
@@ -134,23 +135,27 @@ def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = 
         for eps in results.eps_values:
             for attack in results.attacks:
                 for source, box in BOXES.items():
-                    plain = [_rare_mean(found.get((eps, attack, source, profile, PLAIN, s)), names.ADV_ACC, rare)
-                             for s in results.seeds]
+                    plain_runs = [found.get((eps, attack, source, profile, PLAIN, s)) for s in results.seeds]
+                    plain = [_rare_mean(e, names.ADV_ACC, rare) for e in plain_runs]
+                    plain_clean = [_rare_mean(e, names.CLEAN_ACC, rare) for e in plain_runs]
                     for remedy in remedies:
                         runs = [found.get((eps, attack, source, profile, remedy, s)) for s in results.seeds]
                         if not any(runs):
                             continue
                         adv = [_rare_mean(e, names.ADV_ACC, rare) for e in runs]
+                        rare_clean = [_rare_mean(e, names.CLEAN_ACC, rare) for e in runs]
                         attacked = [_attacked(e, num_classes) for e in runs]
                         rows.append(RemedyRow(
                             eps, profile, remedy, attack, box,
                             tuple(s for s, e in zip(results.seeds, runs, strict=True) if e),
-                            Estimate(tuple(_rare_mean(e, names.CLEAN_ACC, rare) for e in runs), SHARE),
+                            Estimate(tuple(rare_clean), SHARE),
                             Estimate(tuple(adv), SHARE),
                             Estimate(tuple(sum(a) / len(a) if a else math.nan for a in attacked), SHARE),
                             Estimate(tuple(min(a) if a else math.nan for a in attacked), SHARE),
                             Estimate(tuple(math.nan if remedy == PLAIN else x - y
                                            for x, y in zip(adv, plain, strict=True))),
+                            Estimate(tuple(math.nan if remedy == PLAIN else x - y
+                                           for x, y in zip(rare_clean, plain_clean, strict=True))),
                             Estimate(tuple(v if e else math.nan for v, e in zip(others[remedy], runs, strict=True)),
                                      SHARE),
                             Estimate(tuple(math.nan if remedy == PLAIN or not e else x - y
@@ -176,15 +181,16 @@ def _with_fake_gains(rows: list[RemedyRow]) -> list[RemedyRow]:
 def write_remedies_csv(rows: list[RemedyRow], path: Path) -> Path:
     """remedies.csv: one row per profile, remedy, attack, box and eps; shares in [0, 1]."""
     columns = ["eps", "profile", "remedy", "attack", "box", "seeds"]
-    for measure in ("rare_clean", "rare_adv", "mean_adv", "worst_adv", "gain", "others_clean", "others_change"):
+    for measure in ("rare_clean", "rare_adv", "mean_adv", "worst_adv", "gain", "clean_gain", "others_clean",
+                    "others_change"):
         columns += [measure, f"{measure}_ci_low", f"{measure}_ci_high"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*columns, "fake_gain"])
         for r in rows:
             values: list[object] = [r.eps, r.label, r.remedy_label, r.attack, r.box, len(r.seeds)]
-            for estimate in (r.rare_clean, r.rare_adv, r.mean_adv, r.worst_adv, r.gain, r.others_clean,
-                             r.others_change):
+            for estimate in (r.rare_clean, r.rare_adv, r.mean_adv, r.worst_adv, r.gain, r.clean_gain,
+                             r.others_clean, r.others_change):
                 values += [estimate.mean, *estimate.interval]
             writer.writerow([*values, "" if r.fake_gain is None else r.fake_gain])
     return path
@@ -225,16 +231,20 @@ def remedies_figure(rows: list[RemedyRow], eps: float, path: Path) -> Path:
     return path
 
 
+def _change(row: RemedyRow, change: Estimate) -> str:
+    return "" if row.remedy == PLAIN or not math.isfinite(change.mean) else f" ({change.text()})"
+
+
 def remedies_table(rows: list[RemedyRow], eps: float) -> tuple[list[str], list[list[str]]]:
     """The report's table: rare classes' accuracy and gain over plain cross-entropy, white- and black-box,
     and the other classes' clean accuracy with its change from plain cross-entropy."""
-    header = ["profile", "remedy", "attack", "box", "rare clean", "rare attacked", "gain vs ce (points)",
-              "mean / worst class", "others clean (change vs ce)", "fake gain"]
+    header = ["profile", "remedy", "attack", "box", "rare clean (change vs ce)", "rare attacked",
+              "gain vs ce (points)", "mean / worst class", "others clean (change vs ce)", "fake gain"]
     body = []
     for r in (r for r in rows if r.eps == eps):
         gain = "-" if r.remedy == PLAIN else r.gain.text()
-        change = "" if r.remedy == PLAIN or not math.isfinite(r.others_change.mean) else f" ({r.others_change.text()})"
-        body.append([r.label, r.remedy_label, r.attack, r.box, r.rare_clean.text(), r.rare_adv.text(), gain,
-                     f"{r.mean_adv.text()} / {r.worst_adv.text()}", r.others_clean.text() + change,
+        body.append([r.label, r.remedy_label, r.attack, r.box, r.rare_clean.text() + _change(r, r.clean_gain),
+                     r.rare_adv.text(), gain, f"{r.mean_adv.text()} / {r.worst_adv.text()}",
+                     r.others_clean.text() + _change(r, r.others_change),
                      "" if r.fake_gain is None else ("yes" if r.fake_gain else "no")])
     return header, body
