@@ -1,13 +1,13 @@
 """Which remedy for imbalance gives the rare classes their accuracy back, and is any gain real?
 
-For each imbalanced profile that a sweep trained under more than one remedy (`--losses`, `--resample`), or
-attacked adjusted post hoc (`--posthoc`),
-per remedy, attack and box: the rare classes' clean accuracy and accuracy after the attack, the mean
-and worst of the attacked per-class accuracies, the rare classes' difference from plain
-cross-entropy, paired by seed, clean and attacked, and what the remedy costs the other classes: their mean clean
-accuracy and its difference from plain cross-entropy's. The rare classes are the profile's cut
-ones: class c of `under`, every class but c of `over`, the last half by class id of `longtail` and
-`step` (the tail), and of `natural` the half with the fewest training images.
+For each imbalanced profile that a sweep trained under more than one remedy (`--losses`, `--resample`),
+or attacked adjusted post hoc (`--posthoc`), per remedy, attack and box: the rare classes' clean
+accuracy and accuracy after the attack, the mean and worst of the attacked per-class accuracies, the
+rare classes' difference from plain cross-entropy, clean and attacked, paired by seed, and what the
+remedy costs the other classes: their mean clean accuracy and its difference from plain
+cross-entropy's. The rare classes are the profile's cut ones: class c of `under`, every class but c
+of `over`, the last half by class id of `longtail` and `step` (the tail), and of `natural` the half
+with the fewest training images.
 
 A "fake gain" (Wu et al., CVPR 2021: a remedy's PGD gain that AutoAttack takes back) is flagged where
 a remedy's white-box gain over cross-entropy under PGD exceeds its gain under AutoAttack by more than
