@@ -93,19 +93,6 @@ def _attacked(e: Evaluation | None, num_classes: int) -> list[float]:
     return [v for k in range(num_classes) if math.isfinite(v := e.per_class(names.ADV_ACC, k))]
 
 
-def _clean_everywhere(results: StudyResults) -> dict[tuple[Profile, tuple[str, str, float], int], list[float]]:
-    """Each model's clean accuracy on every class, by (profile, remedy, seed): from any of its evaluations
-    that read every class (a strong attack on a class model reads class c's images only), since clean
-    accuracy is the model's whatever the attack and the source."""
-    k = len(results.class_names)
-    found: dict[tuple[Profile, tuple[str, str, float], int], list[float]] = {}
-    for e in results.evaluations:
-        values = [e.per_class(names.CLEAN_ACC, j) for j in range(k)]
-        if all(map(math.isfinite, values)):
-            found.setdefault(((e.sampling, e.class_id, e.ratio), e.remedy, e.seed), values)
-    return found
-
-
 def _others_clean(clean: list[float] | None, rare: list[int]) -> float:
     others = [v for j, v in enumerate(clean or ()) if j not in rare]
     return float(sum(others) / len(others)) if others else math.nan
@@ -118,7 +105,7 @@ def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = 
     for e in results.evaluations:
         if e.sampling != "balanced":
             found[(e.eps, e.attack, e.source, (e.sampling, e.class_id, e.ratio), e.remedy, e.seed)] = e
-    clean = _clean_everywhere(results)
+    clean = results.clean_by_model()
     remedies_of: dict[Profile, set[tuple[str, str, float]]] = {}
     for key in found:
         remedies_of.setdefault(key[3], set()).add(key[4])
@@ -130,7 +117,7 @@ def remedy_rows(results: StudyResults, natural_counts: Sequence[float] | None = 
         if not rare:
             continue
         remedies = sorted(remedies_of[profile], key=lambda r: (r != PLAIN, r))
-        others = {remedy: [_others_clean(clean.get((profile, remedy, s)), rare) for s in results.seeds]
+        others = {remedy: [_others_clean(clean.get((s, *profile, remedy)), rare) for s in results.seeds]
                   for remedy in remedies}
         for eps in results.eps_values:
             for attack in results.attacks:

@@ -205,29 +205,17 @@ def _estimate(found: list[Evaluation | None], metric: str, k: int) -> Estimate:
     return Estimate(tuple(e.per_class(metric, k) if e else NAN for e in found), SHARE)
 
 
-def _clean_by_class(results: StudyResults) -> dict[tuple[int, str, int | None, float | None], list[float]]:
-    """Each plain model's clean accuracy on every class, by (seed, sampling, class, ratio): from any of its
-    evaluations that attacked every class (a strong attack on a class model attacks class c's images only),
-    since clean accuracy is the model's whatever the attack."""
-    k = len(results.class_names)
-    found: dict[tuple[int, str, int | None, float | None], list[float]] = {}
-    for e in results.evaluations:
-        values = [e.per_class(names.CLEAN_ACC, j) for j in range(k)]
-        if e.is_plain and all(map(math.isfinite, values)):
-            found.setdefault((e.seed, e.sampling, e.class_id, e.ratio), values)
-    return found
-
-
 def _others(found: list[Evaluation | None], clean: Mapping[tuple, list[float]], c: int) -> Estimate:
-    """Per seed, the mean clean accuracy of the evaluated model on the classes other than c."""
-    values = [clean.get((e.seed, e.sampling, e.class_id, e.ratio)) if e else None for e in found]
+    """Per seed, the mean clean accuracy of the evaluated model on the classes other than c (`clean`:
+    `StudyResults.clean_by_model`)."""
+    values = [clean.get(e.model) if e else None for e in found]
     return Estimate(tuple(_mean([v for j, v in enumerate(row) if j != c]) if row else NAN for row in values), SHARE)
 
 
 def curve(results: StudyResults, counts: Counts) -> list[Point]:
     """Every class's points: (eps, attack, class, box, profile, ratio), where any seed has an evaluation."""
     index = {e.key: e for e in results.evaluations}
-    clean = _clean_by_class(results)
+    clean = results.clean_by_model()
     points = []
     for eps in results.eps_values:
         for attack in results.attacks:

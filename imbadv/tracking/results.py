@@ -83,6 +83,11 @@ class Evaluation:
         return (self.attack, *self.cell, self.ratio)
 
     @property
+    def model(self) -> tuple[int, str, int | None, float | None, tuple[str, str, float]]:
+        """The attacked model: (seed, sampling, class_id, ratio, remedy)."""
+        return (self.seed, self.sampling, self.class_id, self.ratio, self.remedy)
+
+    @property
     def identity(self) -> tuple[str, int, float, str, int | None, str, float | None, str, str, float]:
         """`key` and the target's remedy: what one study's (or sweep's) evaluations hold once."""
         return (*self.key, *self.remedy)
@@ -122,6 +127,17 @@ class StudyResults:
     def of_attack(self, attack: str) -> StudyResults:
         """These results with only `attack`'s evaluations: one Table 1's worth."""
         return dataclasses.replace(self, evaluations=[e for e in self.evaluations if e.attack == attack])
+
+    def clean_by_model(self) -> dict[tuple, list[float]]:
+        """Each model's clean accuracy on every class, by `Evaluation.model`: from any of its evaluations
+        that read every class (a strong attack on a class model reads class c's images only), since clean
+        accuracy is the model's whatever the attack and the source."""
+        found: dict[tuple, list[float]] = {}
+        for e in self.evaluations:
+            values = [e.per_class(names.CLEAN_ACC, k) for k in range(len(self.class_names))]
+            if all(np.isfinite(values)):
+                found.setdefault(e.model, values)
+        return found
 
     def find(self, seed: int, eps: float, sampling: str, class_id: int | None, source: str) -> Evaluation | None:
         for e in self.evaluations:
